@@ -1,0 +1,329 @@
+//! The daemon's local HTTP API: routes, JSON bodies and the batch framing.
+//!
+//! This module is the single definition of the contract between `proxymeshd`
+//! and the SDK's [`DaemonConnector`](crate::DaemonConnector); both sides
+//! import it. Everything here is plain data, testable without sockets.
+//!
+//! | route | request | success |
+//! |---|---|---|
+//! | `GET /v1/status` | | 200 [`Status`] |
+//! | `POST /v1/objects` | streamed body | 201 [`PutResponse`] |
+//! | `POST /v1/keys` | | 200 [`KeyResponse`]: a fresh key for a deferred `PUT` |
+//! | `PUT /v1/objects/{key}` | streamed body | 200 [`PutResponse`] (replaces) |
+//! | `GET /v1/objects/{key}` | | 200 streamed bytes, headers `content-length`, [`HASH_HEADER`] |
+//! | `HEAD /v1/objects/{key}` | | 200 with `content-length`, or 404 |
+//! | `DELETE /v1/objects/{key}` | | 200 [`EvictResponse`] |
+//! | `POST /v1/batch/put` | [`write_frame`] frames | 200 [`KeysResponse`] |
+//! | `POST /v1/batch/get` | [`KeysRequest`] | 200 [`write_batch_item`] items, in order |
+//! | `POST /v1/batch/exists` | [`KeysRequest`] | 200 [`ExistsBatchResponse`] |
+//! | `POST /v1/batch/evict` | [`KeysRequest`] | 200 [`EvictBatchResponse`] |
+//!
+//! `{key}` is a ticket (see [`Key`]) or, for objects of this daemon, a bare
+//! 32-hex object ID. Every error is a JSON [`ApiError`] with a 4xx/5xx status:
+//! 400 malformed input, 404 missing object, 409 key of another daemon,
+//! 413 over the size limit, 507 disk full.
+
+use serde::{Deserialize, Serialize};
+
+use crate::key::{Key, ObjectId};
+
+/// Default address of the daemon's local API.
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7878";
+/// Environment variable naming the local daemon's API address (`host:port`
+/// or `http://host:port`).
+pub const API_ENV: &str = "PROXYMESH_API";
+/// Response header carrying an object's BLAKE3 hash (hex).
+pub const HASH_HEADER: &str = "x-proxymesh-blake3";
+
+/// `GET /v1/status`.
+pub const STATUS: &str = "/v1/status";
+/// `POST /v1/objects` (put) and prefix of `/v1/objects/{key}`.
+pub const OBJECTS: &str = "/v1/objects";
+/// `POST /v1/keys`.
+pub const KEYS: &str = "/v1/keys";
+/// `POST /v1/batch/put`.
+pub const BATCH_PUT: &str = "/v1/batch/put";
+/// `POST /v1/batch/get`.
+pub const BATCH_GET: &str = "/v1/batch/get";
+/// `POST /v1/batch/exists`.
+pub const BATCH_EXISTS: &str = "/v1/batch/exists";
+/// `POST /v1/batch/evict`.
+pub const BATCH_EVICT: &str = "/v1/batch/evict";
+
+/// The path of one object.
+pub fn object_path(key: &Key) -> String {
+    format!("{OBJECTS}/{key}")
+}
+
+/// Daemon status, as served by `GET /v1/status` and shown by `proxymesh status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The daemon's libp2p peer ID (stable across restarts).
+    pub peer_id: String,
+    /// The daemon's ProxyStore endpoint UUID (stable across restarts).
+    pub uuid: String,
+    /// proxymesh version.
+    pub version: String,
+    /// Number of stored objects.
+    pub objects: u64,
+    /// Total bytes of stored objects.
+    pub bytes: u64,
+    /// Bytes held in memory.
+    pub memory_bytes: u64,
+    /// Bytes spilled to disk.
+    pub disk_bytes: u64,
+    /// The memory cap for objects.
+    pub memory_cap: u64,
+    /// The largest accepted object, if limited.
+    pub max_object_size: Option<u64>,
+    /// Whether objects survive a restart.
+    pub persist: bool,
+    /// The data directory.
+    pub data_dir: String,
+    /// The local API's listen address.
+    pub api: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+}
+
+/// Answer to a put: the new object's key and what was stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResponse {
+    /// The object's key; its string form is the ticket.
+    pub key: Key,
+    /// Size in bytes.
+    pub size: u64,
+    /// BLAKE3 hash, hex.
+    pub blake3: String,
+}
+
+/// Answer to `POST /v1/keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyResponse {
+    /// A fresh key on this daemon; nothing is stored under it yet.
+    pub key: Key,
+}
+
+/// Answer to `DELETE /v1/objects/{key}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvictResponse {
+    /// Whether an object was removed.
+    pub evicted: bool,
+}
+
+/// Request body of the batch routes that take keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysRequest {
+    /// The keys, in order.
+    pub keys: Vec<Key>,
+}
+
+/// Answer to `POST /v1/batch/put`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysResponse {
+    /// The new keys, in the order of the request's frames.
+    pub keys: Vec<Key>,
+}
+
+/// Answer to `POST /v1/batch/exists`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExistsBatchResponse {
+    /// One flag per requested key.
+    pub exists: Vec<bool>,
+}
+
+/// Answer to `POST /v1/batch/evict`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvictBatchResponse {
+    /// One flag per requested key: whether an object was removed.
+    pub evicted: Vec<bool>,
+}
+
+/// Machine-readable error class of an [`ApiError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed request: bad key, bad query, bad framing, empty body.
+    BadRequest,
+    /// No object under that key.
+    NotFound,
+    /// The key names an object of another daemon, which this daemon cannot reach.
+    WrongPeer,
+    /// The object exceeds the daemon's size limit.
+    TooLarge,
+    /// The request body ended before its declared length.
+    IncompleteBody,
+    /// The daemon's disk is full.
+    StorageFull,
+    /// Anything else (I/O failure on the daemon's side).
+    Internal,
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// The error class.
+    pub code: ErrorCode,
+    /// A human-readable message saying what went wrong and what to do.
+    pub error: String,
+}
+
+/// Frame a batch-put item: `u64` big-endian length, then the bytes.
+pub fn write_frame(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u64).to_be_bytes());
+    out.extend_from_slice(data);
+}
+
+/// Batch-get item header: `1` (found) or `0` (missing), then, when found, a
+/// `u64` big-endian length and the bytes.
+pub fn write_batch_item(out: &mut Vec<u8>, data: Option<&[u8]>) {
+    match data {
+        Some(d) => {
+            out.push(1);
+            write_frame(out, d);
+        }
+        None => out.push(0),
+    }
+}
+
+/// Incremental parser for [`write_frame`] sequences (batch put bodies).
+/// Feed it bytes; it yields complete frames. `finish` errors if input ended
+/// mid-frame.
+#[derive(Debug, Default)]
+pub struct FrameParser {
+    buf: Vec<u8>,
+}
+
+impl FrameParser {
+    /// Append received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete frame, if one is buffered.
+    pub fn next_frame(&mut self) -> Option<Vec<u8>> {
+        if self.buf.len() < 8 {
+            return None;
+        }
+        let len = u64::from_be_bytes(self.buf[..8].try_into().expect("8 bytes")) as usize;
+        if self.buf.len() - 8 < len {
+            return None;
+        }
+        let frame = self.buf[8..8 + len].to_vec();
+        self.buf.drain(..8 + len);
+        Some(frame)
+    }
+
+    /// The declared length of the frame being received, if its header is in.
+    pub fn pending_len(&self) -> Option<u64> {
+        (self.buf.len() >= 8).then(|| u64::from_be_bytes(self.buf[..8].try_into().expect("8")))
+    }
+
+    /// Check that no partial frame is left.
+    pub fn finish(&self) -> Result<(), &'static str> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err("batch body ended in the middle of a frame")
+        }
+    }
+}
+
+/// Parse a complete batch-get answer into per-key results.
+pub fn parse_batch_items(mut body: &[u8], expected: usize) -> Result<Vec<Option<Vec<u8>>>, &'static str> {
+    let mut out = Vec::with_capacity(expected);
+    while !body.is_empty() {
+        match body[0] {
+            0 => {
+                out.push(None);
+                body = &body[1..];
+            }
+            1 => {
+                if body.len() < 9 {
+                    return Err("truncated batch item header");
+                }
+                let len = u64::from_be_bytes(body[1..9].try_into().expect("8")) as usize;
+                if body.len() - 9 < len {
+                    return Err("truncated batch item");
+                }
+                out.push(Some(body[9..9 + len].to_vec()));
+                body = &body[9 + len..];
+            }
+            _ => return Err("bad batch item tag"),
+        }
+    }
+    if out.len() != expected {
+        return Err("batch answer has the wrong number of items");
+    }
+    Ok(out)
+}
+
+/// Parse a `{key}` path segment: a ticket, or a bare object ID (meaning an
+/// object of the daemon being asked).
+pub fn parse_key_segment(segment: &str) -> Result<KeySegment, crate::KeyError> {
+    if segment.len() == 32 {
+        if let Ok(id) = segment.parse::<ObjectId>() {
+            return Ok(KeySegment::Bare(id));
+        }
+    }
+    segment.parse::<Key>().map(KeySegment::Ticket)
+}
+
+/// A parsed `{key}` path segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySegment {
+    /// A full key.
+    Ticket(Key),
+    /// A bare object ID of the daemon being asked.
+    Bare(ObjectId),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_roundtrip_across_arbitrary_splits() {
+        let items: Vec<Vec<u8>> = vec![b"".to_vec(), b"abc".to_vec(), vec![7u8; 1000]];
+        let mut body = Vec::new();
+        for i in &items {
+            write_frame(&mut body, i);
+        }
+        for split in [1usize, 3, 8, 9, 100, body.len()] {
+            let mut p = FrameParser::default();
+            let mut got = Vec::new();
+            for chunk in body.chunks(split) {
+                p.push(chunk);
+                while let Some(f) = p.next_frame() {
+                    got.push(f);
+                }
+            }
+            p.finish().unwrap();
+            assert_eq!(got, items, "split {split}");
+        }
+        let mut p = FrameParser::default();
+        p.push(&body[..body.len() - 1]);
+        while p.next_frame().is_some() {}
+        assert!(p.finish().is_err());
+    }
+
+    #[test]
+    fn batch_items_roundtrip_and_reject_truncation() {
+        let mut body = Vec::new();
+        write_batch_item(&mut body, Some(b"hello"));
+        write_batch_item(&mut body, None);
+        let parsed = parse_batch_items(&body, 2).unwrap();
+        assert_eq!(parsed, vec![Some(b"hello".to_vec()), None]);
+        assert!(parse_batch_items(&body[..body.len() - 2], 2).is_err());
+        assert!(parse_batch_items(&body, 3).is_err());
+    }
+
+    #[test]
+    fn key_segments() {
+        let id = ObjectId::random();
+        assert_eq!(parse_key_segment(&id.to_string()).unwrap(), KeySegment::Bare(id));
+        let key = Key::local(id);
+        assert_eq!(parse_key_segment(&key.ticket()).unwrap(), KeySegment::Ticket(key));
+        assert!(parse_key_segment("nope").is_err());
+    }
+}
