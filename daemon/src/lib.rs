@@ -1,1 +1,2 @@
-pub fn x(){}
+//! proxymesh-daemon: the per-site daemon.
+pub mod storage;

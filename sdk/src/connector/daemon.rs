@@ -1,0 +1,15 @@
+//! stub
+/// stub
+#[derive(Debug)]
+pub struct DaemonConnector;
+impl DaemonConnector { pub fn from_env() -> crate::Result<Self> { todo!() } }
+#[async_trait::async_trait]
+impl super::Connector for DaemonConnector {
+    async fn put(&self, _d: bytes::Bytes) -> crate::Result<crate::Key> { todo!() }
+    async fn get(&self, _k: &crate::Key) -> crate::Result<Option<bytes::Bytes>> { todo!() }
+    async fn exists(&self, _k: &crate::Key) -> crate::Result<bool> { todo!() }
+    async fn evict(&self, _k: &crate::Key) -> crate::Result<()> { todo!() }
+    async fn new_key(&self) -> crate::Result<crate::Key> { todo!() }
+    async fn set(&self, _k: &crate::Key, _d: bytes::Bytes) -> crate::Result<()> { todo!() }
+    fn config(&self) -> super::ConnectorConfig { todo!() }
+}
