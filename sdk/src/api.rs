@@ -230,7 +230,10 @@ impl FrameParser {
 }
 
 /// Parse a complete batch-get answer into per-key results.
-pub fn parse_batch_items(mut body: &[u8], expected: usize) -> Result<Vec<Option<Vec<u8>>>, &'static str> {
+pub fn parse_batch_items(
+    mut body: &[u8],
+    expected: usize,
+) -> Result<Vec<Option<Vec<u8>>>, &'static str> {
     let mut out = Vec::with_capacity(expected);
     while !body.is_empty() {
         match body[0] {
@@ -321,9 +324,15 @@ mod tests {
     #[test]
     fn key_segments() {
         let id = ObjectId::random();
-        assert_eq!(parse_key_segment(&id.to_string()).unwrap(), KeySegment::Bare(id));
+        assert_eq!(
+            parse_key_segment(&id.to_string()).unwrap(),
+            KeySegment::Bare(id)
+        );
         let key = Key::local(id);
-        assert_eq!(parse_key_segment(&key.ticket()).unwrap(), KeySegment::Ticket(key));
+        assert_eq!(
+            parse_key_segment(&key.ticket()).unwrap(),
+            KeySegment::Ticket(key)
+        );
         assert!(parse_key_segment("nope").is_err());
     }
 }

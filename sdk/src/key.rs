@@ -191,7 +191,10 @@ impl Key {
         let peer = if peer_len == 0 {
             None
         } else {
-            Some(PeerId::from_bytes(r.take(peer_len)?).map_err(|_| KeyError::BadBody("bad peer ID"))?)
+            Some(
+                PeerId::from_bytes(r.take(peer_len)?)
+                    .map_err(|_| KeyError::BadBody("bad peer ID"))?,
+            )
         };
         let n = r.u8()? as usize;
         if n > MAX_ADDRS {
@@ -280,7 +283,9 @@ mod tests {
     use super::*;
 
     fn peer() -> PeerId {
-        libp2p_identity::Keypair::generate_ed25519().public().to_peer_id()
+        libp2p_identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
     }
 
     #[test]
@@ -297,7 +302,8 @@ mod tests {
     #[test]
     fn ticket_roundtrip_with_peer_and_addrs() {
         let mut key = Key::on_peer(ObjectId::random(), peer());
-        key.addrs.push("/ip4/10.0.0.1/udp/4001/quic-v1".parse().unwrap());
+        key.addrs
+            .push("/ip4/10.0.0.1/udp/4001/quic-v1".parse().unwrap());
         let t = key.ticket();
         assert!(t.chars().all(|c| c.is_ascii_alphanumeric()), "{t}");
         assert_eq!(t.parse::<Key>().unwrap(), key);
@@ -309,7 +315,10 @@ mod tests {
     fn malformed_tickets_are_rejected_clearly() {
         let t = Key::on_peer(ObjectId::random(), peer()).ticket();
         assert!(matches!("xx".parse::<Key>(), Err(KeyError::BadPrefix(_))));
-        assert!(matches!("pm1!!!".parse::<Key>(), Err(KeyError::BadEncoding)));
+        assert!(matches!(
+            "pm1!!!".parse::<Key>(),
+            Err(KeyError::BadEncoding)
+        ));
         // Truncation and single-character typos are caught by the checksum
         // (or the decoder), never silently accepted.
         let truncated = &t[..t.len() - 3];
@@ -320,6 +329,10 @@ mod tests {
         let typo = String::from_utf8(typo).unwrap();
         assert!(typo.parse::<Key>().is_err());
         // Upper case copies (some terminals/shells) still parse.
-        assert!(t.to_ascii_uppercase().replacen("PM1", "pm1", 1).parse::<Key>().is_ok());
+        assert!(t
+            .to_ascii_uppercase()
+            .replacen("PM1", "pm1", 1)
+            .parse::<Key>()
+            .is_ok());
     }
 }

@@ -1,15 +1,583 @@
-//! stub
-/// stub
-#[derive(Debug)]
-pub struct DaemonConnector;
-impl DaemonConnector { pub fn from_env() -> crate::Result<Self> { todo!() } }
+//! [`DaemonConnector`]: objects held by the local `proxymeshd`, reached over
+//! its HTTP API ([`crate::api`]).
+
+use std::fmt;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{ByteStream, Connector, ConnectorConfig};
+use crate::api::{self, ApiError, ErrorCode};
+use crate::error::{Error, Result};
+use crate::key::Key;
+
+/// How long to wait for a TCP connection to the daemon.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle pooled connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+/// Largest error body read from the daemon.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+type FrameStream = futures::stream::MapOk<ByteStream, fn(Bytes) -> Frame<Bytes>>;
+type ReqBody = Either<Full<Bytes>, StreamBody<FrameStream>>;
+type HttpClient = Client<HttpConnector, ReqBody>;
+
+fn full(data: Bytes) -> ReqBody {
+    Either::Left(Full::new(data))
+}
+
+fn empty() -> ReqBody {
+    Either::Left(Full::new(Bytes::new()))
+}
+
+fn streamed(stream: ByteStream) -> ReqBody {
+    Either::Right(StreamBody::new(
+        stream.map_ok(Frame::data as fn(Bytes) -> Frame<Bytes>),
+    ))
+}
+
+fn new_client() -> HttpClient {
+    let mut conn = HttpConnector::new();
+    conn.set_nodelay(true);
+    conn.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .build(conn)
+}
+
+struct Inner {
+    /// The API address as given (normalised to `http://host:port`), for messages.
+    api: String,
+    authority: Authority,
+    /// Used everywhere except on the SDK runtime.
+    client: HttpClient,
+    /// Used on the SDK runtime, so that synchronous proxy resolution never
+    /// depends on connections driven by a (blocked) caller's runtime.
+    sdk_client: HttpClient,
+}
+
+/// Talks to the local `proxymeshd` over its HTTP API (HTTP/1.1 keep-alive,
+/// `TCP_NODELAY`). Objects it stores live in the daemon, and their keys name
+/// the daemon's peer ID, so a proxy sent anywhere in the mesh resolves
+/// through the receiver's own daemon.
+///
+/// Cheap to clone (clones share the connection pools). Every method must be
+/// called from within a tokio runtime. Large objects should go through
+/// [`put_stream`](Connector::put_stream) / [`get_stream`](Connector::get_stream),
+/// which never hold the whole object in memory.
+#[derive(Clone)]
+pub struct DaemonConnector {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for DaemonConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DaemonConnector")
+            .field("api", &self.inner.api)
+            .finish()
+    }
+}
+
+impl DaemonConnector {
+    /// A connector for the daemon API at `addr`: `host:port` or
+    /// `http://host:port`. Nothing is contacted until the first request.
+    pub fn new(addr: &str) -> Result<Self> {
+        let trimmed = addr.trim();
+        let rest = if let Some(rest) = trimmed.strip_prefix("http://") {
+            rest
+        } else if trimmed.starts_with("https://") {
+            return Err(Error::Config(format!(
+                "daemon API address {addr:?}: https is not supported; the local API is plain HTTP \
+                 (use http://host:port or host:port)"
+            )));
+        } else {
+            trimmed
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let authority: Authority = rest.parse().map_err(|_| {
+            Error::Config(format!(
+                "malformed daemon API address {addr:?}: expected host:port or http://host:port"
+            ))
+        })?;
+        if authority.port_u16().is_none() || rest.contains('@') || rest.is_empty() {
+            return Err(Error::Config(format!(
+                "malformed daemon API address {addr:?}: expected host:port or http://host:port"
+            )));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                api: format!("http://{authority}"),
+                authority,
+                client: new_client(),
+                sdk_client: new_client(),
+            }),
+        })
+    }
+
+    /// A connector for the daemon named by `PROXYMESH_API`
+    /// ([`api::API_ENV`]), else [`api::DEFAULT_API_ADDR`].
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(api::API_ENV) {
+            Ok(v) if !v.trim().is_empty() => Self::new(&v).map_err(|e| match e {
+                Error::Config(m) => Error::Config(format!("{m} (from {})", api::API_ENV)),
+                e => e,
+            }),
+            _ => Self::new(api::DEFAULT_API_ADDR),
+        }
+    }
+
+    /// The daemon's API address, `http://host:port`.
+    pub fn api_addr(&self) -> &str {
+        &self.inner.api
+    }
+
+    /// The daemon's status (`GET /v1/status`).
+    pub async fn status(&self) -> Result<api::Status> {
+        let resp = self
+            .send(Method::GET, api::STATUS.into(), empty(), None)
+            .await?;
+        self.expect_json(resp).await
+    }
+
+    /// Like [`put_stream`](Connector::put_stream) but declares the object's
+    /// length up front (`content-length`), so the daemon can refuse an
+    /// oversized object before any byte is sent. The stream must yield
+    /// exactly `len` bytes.
+    pub async fn put_stream_with_len(&self, stream: ByteStream, len: u64) -> Result<Key> {
+        self.put_streamed(stream, Some(len)).await
+    }
+
+    async fn put_streamed(&self, stream: ByteStream, len: Option<u64>) -> Result<Key> {
+        // Remember a failure of the caller's stream, to report it as such
+        // rather than as a broken connection.
+        let failure: Arc<Mutex<Option<io::Error>>> = Arc::default();
+        let slot = failure.clone();
+        let stream = stream
+            .map_err(move |e| {
+                let msg = io::Error::new(e.kind(), e.to_string());
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                msg
+            })
+            .boxed();
+        let result = self
+            .send(Method::POST, api::OBJECTS.into(), streamed(stream), len)
+            .await;
+        if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(Error::Io(e));
+        }
+        let resp: api::PutResponse = self.expect_json(result?).await?;
+        Ok(resp.key)
+    }
+
+    fn client(&self) -> &HttpClient {
+        if crate::runtime::on_sdk_runtime() {
+            &self.inner.sdk_client
+        } else {
+            &self.inner.client
+        }
+    }
+
+    fn uri(&self, path: String) -> Result<Uri> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.inner.authority.clone());
+        parts.path_and_query = Some(
+            PathAndQuery::from_maybe_shared(Bytes::from(path))
+                .map_err(|e| Error::Config(format!("bad request path: {e}")))?,
+        );
+        Uri::from_parts(parts).map_err(|e| Error::Config(format!("bad request URI: {e}")))
+    }
+
+    fn unreachable(&self, reason: String) -> Error {
+        Error::Unreachable {
+            api: self.inner.api.clone(),
+            reason,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: String,
+        body: ReqBody,
+        len: Option<u64>,
+    ) -> Result<Response<Incoming>> {
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = self.uri(path)?;
+        if let Some(len) = len {
+            req.headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        self.client()
+            .request(req)
+            .await
+            .map_err(|e| self.unreachable(error_chain(&e)))
+    }
+
+    async fn send_json<B: Serialize>(&self, path: &str, body: &B) -> Result<Response<Incoming>> {
+        let json = serde_json::to_vec(body).map_err(|e| Error::Serialization(e.to_string()))?;
+        let mut req = Request::new(full(Bytes::from(json)));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.uri(path.to_owned())?;
+        req.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.client()
+            .request(req)
+            .await
+            .map_err(|e| self.unreachable(error_chain(&e)))
+    }
+
+    async fn collect(&self, resp: Response<Incoming>) -> Result<Bytes> {
+        resp.into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| {
+                self.unreachable(format!(
+                    "connection failed while reading the answer: {}",
+                    error_chain(&e)
+                ))
+            })
+    }
+
+    /// Parse a 2xx JSON answer, or turn an error answer into [`Error::Daemon`].
+    async fn expect_json<T: DeserializeOwned>(&self, resp: Response<Incoming>) -> Result<T> {
+        if !resp.status().is_success() {
+            return Err(self.error_from(resp).await);
+        }
+        let body = self.collect(resp).await?;
+        serde_json::from_slice(&body).map_err(|e| Error::Daemon {
+            api: self.inner.api.clone(),
+            status: 200,
+            code: ErrorCode::Internal,
+            message: format!(
+                "unexpected answer from the daemon ({e}); is it the same proxymesh version?"
+            ),
+        })
+    }
+
+    /// Turn a non-2xx answer into [`Error::Daemon`].
+    async fn error_from(&self, resp: Response<Incoming>) -> Error {
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_ERROR_BODY)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let (code, message) = match serde_json::from_slice::<ApiError>(&body) {
+            Ok(e) => (e.code, e.error),
+            Err(_) => {
+                let text = String::from_utf8_lossy(&body).trim().to_owned();
+                let message = if text.is_empty() {
+                    status.canonical_reason().unwrap_or("error").to_owned()
+                } else {
+                    text
+                };
+                (code_for_status(status), message)
+            }
+        };
+        Error::Daemon {
+            api: self.inner.api.clone(),
+            status: status.as_u16(),
+            code,
+            message,
+        }
+    }
+
+    fn mismatch(&self, what: &str, got: usize, want: usize) -> Error {
+        Error::Daemon {
+            api: self.inner.api.clone(),
+            status: 200,
+            code: ErrorCode::Internal,
+            message: format!("{what}: the daemon answered {got} items for {want} requested"),
+        }
+    }
+}
+
+/// The error class implied by an HTTP status, for answers without a JSON body.
+fn code_for_status(status: StatusCode) -> ErrorCode {
+    match status.as_u16() {
+        400 | 422 => ErrorCode::BadRequest,
+        404 => ErrorCode::NotFound,
+        409 => ErrorCode::WrongPeer,
+        413 => ErrorCode::TooLarge,
+        507 => ErrorCode::StorageFull,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// An error and all its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_str = s.to_string();
+        if !out.contains(&s_str) {
+            out.push_str(": ");
+            out.push_str(&s_str);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// The body of `JSON {"keys": [...]}` without cloning the keys.
+#[derive(Serialize)]
+struct KeysRef<'a> {
+    keys: &'a [Key],
+}
+
+/// Parse a batch-get answer ([`api::write_batch_item`] items) without copying
+/// the objects out of `body`.
+fn parse_batch_items(
+    body: Bytes,
+    expected: usize,
+) -> std::result::Result<Vec<Option<Bytes>>, &'static str> {
+    let mut out = Vec::with_capacity(expected);
+    let mut pos = 0usize;
+    while pos < body.len() {
+        match body[pos] {
+            0 => {
+                out.push(None);
+                pos += 1;
+            }
+            1 => {
+                let header = body
+                    .get(pos + 1..pos + 9)
+                    .ok_or("truncated batch item header")?;
+                let len = u64::from_be_bytes(header.try_into().expect("8 bytes"));
+                let start = pos + 9;
+                let end = usize::try_from(len)
+                    .ok()
+                    .and_then(|l| start.checked_add(l))
+                    .filter(|&e| e <= body.len())
+                    .ok_or("truncated batch item")?;
+                out.push(Some(body.slice(start..end)));
+                pos = end;
+            }
+            _ => return Err("bad batch item tag"),
+        }
+    }
+    if out.len() != expected {
+        return Err("batch answer has the wrong number of items");
+    }
+    Ok(out)
+}
+
 #[async_trait::async_trait]
-impl super::Connector for DaemonConnector {
-    async fn put(&self, _d: bytes::Bytes) -> crate::Result<crate::Key> { todo!() }
-    async fn get(&self, _k: &crate::Key) -> crate::Result<Option<bytes::Bytes>> { todo!() }
-    async fn exists(&self, _k: &crate::Key) -> crate::Result<bool> { todo!() }
-    async fn evict(&self, _k: &crate::Key) -> crate::Result<()> { todo!() }
-    async fn new_key(&self) -> crate::Result<crate::Key> { todo!() }
-    async fn set(&self, _k: &crate::Key, _d: bytes::Bytes) -> crate::Result<()> { todo!() }
-    fn config(&self) -> super::ConnectorConfig { todo!() }
+impl Connector for DaemonConnector {
+    async fn put(&self, data: Bytes) -> Result<Key> {
+        let resp = self
+            .send(Method::POST, api::OBJECTS.into(), full(data), None)
+            .await?;
+        let resp: api::PutResponse = self.expect_json(resp).await?;
+        Ok(resp.key)
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
+        let resp = self
+            .send(Method::GET, api::object_path(key), empty(), None)
+            .await?;
+        match resp.status() {
+            StatusCode::OK => self.collect(resp).await.map(Some),
+            StatusCode::NOT_FOUND => {
+                // Drain the small error body so the connection can be reused.
+                let _ = resp.into_body().collect().await;
+                Ok(None)
+            }
+            _ => Err(self.error_from(resp).await),
+        }
+    }
+
+    async fn exists(&self, key: &Key) -> Result<bool> {
+        let resp = self
+            .send(Method::HEAD, api::object_path(key), empty(), None)
+            .await?;
+        match resp.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.error_from(resp).await),
+        }
+    }
+
+    async fn evict(&self, key: &Key) -> Result<()> {
+        let resp = self
+            .send(Method::DELETE, api::object_path(key), empty(), None)
+            .await?;
+        match resp.status() {
+            s if s.is_success() || s == StatusCode::NOT_FOUND => {
+                let _ = resp.into_body().collect().await;
+                Ok(())
+            }
+            _ => Err(self.error_from(resp).await),
+        }
+    }
+
+    async fn new_key(&self) -> Result<Key> {
+        let resp = self
+            .send(Method::POST, api::KEYS.into(), empty(), None)
+            .await?;
+        let resp: api::KeyResponse = self.expect_json(resp).await?;
+        Ok(resp.key)
+    }
+
+    async fn set(&self, key: &Key, data: Bytes) -> Result<()> {
+        let resp = self
+            .send(Method::PUT, api::object_path(key), full(data), None)
+            .await?;
+        let _: api::PutResponse = self.expect_json(resp).await?;
+        Ok(())
+    }
+
+    fn config(&self) -> ConnectorConfig {
+        ConnectorConfig::Daemon
+    }
+
+    async fn put_batch(&self, data: Vec<Bytes>) -> Result<Vec<Key>> {
+        if data.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = data.len();
+        let len: u64 = data.iter().map(|d| 8 + d.len() as u64).sum();
+        // Stream the frames (header, object, header, object, ...) so the
+        // objects are never copied into one buffer.
+        let chunks = data.into_iter().flat_map(|d| {
+            let header = Bytes::copy_from_slice(&(d.len() as u64).to_be_bytes());
+            [Ok(header), Ok(d)]
+        });
+        let body = streamed(futures::stream::iter(chunks).boxed());
+        let resp = self
+            .send(Method::POST, api::BATCH_PUT.into(), body, Some(len))
+            .await?;
+        let resp: api::KeysResponse = self.expect_json(resp).await?;
+        if resp.keys.len() != n {
+            return Err(self.mismatch("batch put", resp.keys.len(), n));
+        }
+        Ok(resp.keys)
+    }
+
+    async fn get_batch(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let resp = self.send_json(api::BATCH_GET, &KeysRef { keys }).await?;
+        if !resp.status().is_success() {
+            return Err(self.error_from(resp).await);
+        }
+        let body = self.collect(resp).await?;
+        parse_batch_items(body, keys.len()).map_err(|e| Error::Daemon {
+            api: self.inner.api.clone(),
+            status: 200,
+            code: ErrorCode::Internal,
+            message: format!("malformed batch-get answer: {e}"),
+        })
+    }
+
+    async fn exists_batch(&self, keys: &[Key]) -> Result<Vec<bool>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let resp = self.send_json(api::BATCH_EXISTS, &KeysRef { keys }).await?;
+        let resp: api::ExistsBatchResponse = self.expect_json(resp).await?;
+        if resp.exists.len() != keys.len() {
+            return Err(self.mismatch("batch exists", resp.exists.len(), keys.len()));
+        }
+        Ok(resp.exists)
+    }
+
+    async fn evict_batch(&self, keys: &[Key]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let resp = self.send_json(api::BATCH_EVICT, &KeysRef { keys }).await?;
+        let _: api::EvictBatchResponse = self.expect_json(resp).await?;
+        Ok(())
+    }
+
+    async fn put_stream(&self, stream: ByteStream) -> Result<Key> {
+        self.put_streamed(stream, None).await
+    }
+
+    async fn get_stream(&self, key: &Key) -> Result<Option<ByteStream>> {
+        let resp = self
+            .send(Method::GET, api::object_path(key), empty(), None)
+            .await?;
+        match resp.status() {
+            StatusCode::OK => Ok(Some(
+                resp.into_body()
+                    .into_data_stream()
+                    .map_err(io::Error::other)
+                    .boxed(),
+            )),
+            StatusCode::NOT_FOUND => {
+                let _ = resp.into_body().collect().await;
+                Ok(None)
+            }
+            _ => Err(self.error_from(resp).await),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        for ok in [
+            "127.0.0.1:7878",
+            "http://127.0.0.1:7878",
+            "http://localhost:1/",
+            " [::1]:99 ",
+        ] {
+            let c = DaemonConnector::new(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert!(c.api_addr().starts_with("http://"), "{}", c.api_addr());
+        }
+        for bad in [
+            "",
+            "https://x:1",
+            "nohost",
+            "http://a b:1",
+            "user@host:1",
+            "h:1/path",
+        ] {
+            assert!(
+                matches!(DaemonConnector::new(bad), Err(Error::Config(_))),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn batch_items_zero_copy() {
+        let mut body = Vec::new();
+        api::write_batch_item(&mut body, Some(b"hello"));
+        api::write_batch_item(&mut body, None);
+        api::write_batch_item(&mut body, Some(b""));
+        let body = Bytes::from(body);
+        let items = parse_batch_items(body.clone(), 3).unwrap();
+        assert_eq!(
+            items,
+            vec![Some(Bytes::from_static(b"hello")), None, Some(Bytes::new())]
+        );
+        assert!(parse_batch_items(body.slice(..body.len() - 3), 3).is_err());
+        assert!(parse_batch_items(body.clone(), 2).is_err());
+        let mut bad = body.to_vec();
+        bad[0] = 7;
+        assert!(parse_batch_items(Bytes::from(bad), 3).is_err());
+    }
 }
