@@ -1,1 +1,327 @@
+//! # proxymesh-suite
+//!
+//! The workspace's root package: it owns the top-level `examples/` and
+//! `tests/` (system tests that run real `proxymeshd` processes against the
+//! SDK). This library is their shared harness: find the built binaries, start
+//! a daemon process on a free port with a private data directory, read its
+//! peak memory, stop it.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary (`proxymeshd`, `proxymesh`, `proxymesh-relay`)
+/// built next to the running executable (tests, examples and benches all
+/// live under `target/<profile>/`). Build them with `cargo build --workspace`
+/// (`cargo test --workspace` does).
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "binary {name} not found near {}; build it first with `cargo build --workspace` \
+         (or run the tests with `cargo test --workspace`)",
+        exe.display()
+    );
+}
+
+/// A `proxymeshd` child process, killed when dropped.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    child: Option<Child>,
+    /// Its API address (`127.0.0.1:PORT`).
+    pub api: String,
+    /// Its peer ID, from the start banner.
+    pub peer_id: String,
+    /// Its ProxyStore endpoint UUID, from the start banner.
+    pub uuid: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl DaemonProcess {
+    /// Start a daemon with a fresh temporary data directory and extra flags.
+    pub fn start(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut d = Self::start_in(&dir, extra);
+        d._tmp = Some(tmp);
+        d
+    }
+
+    /// Start a daemon on `data_dir` (kept after the daemon stops).
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut cmd = Command::new(bin_path("proxymeshd"));
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .arg("--api")
+            .arg("127.0.0.1:0");
+        Self::spawn(cmd, extra, data_dir)
+    }
+
+    /// Start `cmd` (a `proxymeshd` command line) with `extra` flags and wait
+    /// for its `ready` banner.
+    pub fn spawn(mut cmd: Command, extra: &[&str], data_dir: &Path) -> Self {
+        cmd.args(extra)
+            .env_remove("PROXYMESH_API")
+            .env(
+                "PROXYMESHD_LOG",
+                std::env::var("PROXYMESHD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn proxymeshd");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut banner = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let ready = line == "ready";
+                banner.push(line);
+                if ready {
+                    let _ = tx.send(banner.clone());
+                }
+            }
+            let _ = tx.send(banner);
+        });
+        let banner = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        if banner.last().map(String::as_str) != Some("ready") {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            panic!("proxymeshd did not start (exit {status:?}); stdout: {banner:?}");
+        }
+        let field = |name: &str| {
+            banner
+                .iter()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("banner lacks {name}: {banner:?}"))
+        };
+        let api = field("api:").trim_start_matches("http://").to_string();
+        Self {
+            peer_id: field("peer id:"),
+            uuid: field("endpoint:"),
+            api,
+            data_dir: data_dir.to_path_buf(),
+            child: Some(child),
+            _tmp: None,
+        }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// Process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Peak resident set size so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:") * 1024
+    }
+
+    /// Send SIGTERM and wait for exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("proxymeshd did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kill with SIGKILL (a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A field of `/proc/PID/status`, in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Whether tests run in CI (`CI=true`), where tests that need root must not skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// For tests that need root: `true` if running as root; otherwise fail in CI
+/// and return `false` (after printing why) elsewhere, so the caller can skip.
+pub fn require_root(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(!in_ci(), "{what} needs root, and CI=true: refusing to skip");
+    eprintln!("SKIPPED {what}: needs root (runs in CI)");
+    false
+}
+
+/// A raw HTTP/1.1 answer.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Send raw request bytes to `addr` and read the whole answer (the request
+/// should say `Connection: close`). Raw, so tests can send malformed or
+/// truncated requests. Gives up after 30 s.
+pub fn raw_request(addr: &str, request: &[u8]) -> RawResponse {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request).expect("send");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read answer");
+    parse_response(&buf)
+}
+
+/// Send an HTTP/1.1 request with a body (empty body: no content-length
+/// unless given in `headers`).
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    let explicit_len = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-length"));
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if !explicit_len && (!body.is_empty() || method == "POST" || method == "PUT") {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    raw_request(addr, &bytes)
+}
+
+/// Encode `chunks` as a chunked transfer-encoding body.
+pub fn chunked(chunks: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in chunks.iter().filter(|c| !c.is_empty()) {
+        out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+fn parse_response(buf: &[u8]) -> RawResponse {
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "no HTTP header in answer: {:?}",
+                String::from_utf8_lossy(buf)
+            )
+        });
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size_text = String::from_utf8_lossy(&data[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or(0);
+        data = &data[eol + 2..];
+        if size == 0 || data.len() < size {
+            break;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[(size + 2).min(data.len())..];
+    }
+    out
+}

@@ -1,2 +1,154 @@
-//! proxymesh-daemon: the per-site daemon.
+//! # proxymesh-daemon
+//!
+//! `proxymeshd` is the per-site daemon of proxymesh. Applications at a site
+//! hand it objects through the SDK (crate `proxymesh`) over a loopback HTTP
+//! API; it keeps them in memory, spilling large objects and overflow to its
+//! data directory, and answers gets by streaming them back. Each daemon has a
+//! persistent libp2p identity: its peer ID is part of every key it hands out,
+//! so a key says which site holds the bytes. The daemon also serves
+//! ProxyStore 1.x's endpoint REST routes, so Python ProxyStore code can use it.
+//!
+//! Modules, one concern each:
+//! - [`config`]: defaults, TOML file, environment and flags;
+//! - [`identity`]: the persistent keypair, endpoint UUID and data-dir lock;
+//! - [`storage`]: the streaming object store (no sockets);
+//! - [`api`]: the HTTP routes;
+//! - [`cli`]: the `proxymesh` client command line.
+//!
+//! The daemon can be embedded (the examples and tests do):
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use proxymesh_daemon::{config::Config, Daemon};
+//! let daemon = Daemon::start(Config { api: "127.0.0.1:0".parse()?, ..Config::default() }).await?;
+//! println!("peer {} at http://{}", daemon.peer_id(), daemon.api_addr());
+//! daemon.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use libp2p_identity::PeerId;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod identity;
 pub mod storage;
+
+use api::AppState;
+use config::Config;
+use identity::{DirLock, Identity};
+use storage::Storage;
+
+/// How long shutdown waits for in-flight requests before cutting them off.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    api_addr: SocketAddr,
+    identity: Identity,
+    state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+    _lock: DirLock,
+}
+
+impl Daemon {
+    /// Start a daemon: lock the data directory, load the identity, open
+    /// storage and start serving the local API.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let lock = DirLock::acquire(&config.data_dir)?;
+        let identity = Identity::load_or_create(&config.data_dir)?;
+        let storage = Storage::open(config.storage())
+            .await
+            .with_context(|| format!("cannot open storage in {}", config.data_dir.display()))?;
+        let listener = tokio::net::TcpListener::bind(config.api).await.with_context(|| {
+            format!(
+                "cannot listen on {} (is another proxymeshd running there? pick another with --api)",
+                config.api
+            )
+        })?;
+        let api_addr = listener.local_addr()?;
+        if let Some(name) = &config.proxystore_name {
+            let path = api::write_proxystore_config(name, identity.uuid, api_addr)?;
+            tracing::info!(path = %path.display(), "wrote ProxyStore endpoint config");
+        }
+        let state = Arc::new(AppState {
+            storage,
+            peer_id: identity.peer_id(),
+            uuid: identity.uuid,
+            started: Instant::now(),
+            api_addr: api_addr.to_string(),
+            data_dir: config.data_dir.display().to_string(),
+        });
+        let app = api::router(state.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(peer_id = %identity.peer_id(), api = %api_addr, "proxymeshd started");
+        Ok(Self {
+            api_addr,
+            identity,
+            state,
+            stop: Some(stop),
+            server,
+            _lock: lock,
+        })
+    }
+
+    /// The bound local API address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// This daemon's peer ID.
+    pub fn peer_id(&self) -> PeerId {
+        self.identity.peer_id()
+    }
+
+    /// This daemon's ProxyStore endpoint UUID.
+    pub fn uuid(&self) -> uuid::Uuid {
+        self.identity.uuid
+    }
+
+    /// The object store.
+    pub fn storage(&self) -> &Storage {
+        &self.state.storage
+    }
+
+    /// Stop serving (in-flight requests get [`SHUTDOWN_GRACE`]) and clean up
+    /// storage (objects are removed unless `persist` is set).
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server).await {
+            Ok(joined) => joined.context("API server task failed")??,
+            Err(_) => {
+                tracing::warn!(
+                    "in-flight requests did not finish within {SHUTDOWN_GRACE:?}; closing them"
+                );
+                self.server.abort();
+            }
+        }
+        self.state.storage.shutdown().await?;
+        tracing::info!("proxymeshd stopped");
+        Ok(())
+    }
+}

@@ -1,1 +1,5 @@
-fn main(){}
+//! `proxymesh`: the client command line. See `proxymesh --help`.
+
+fn main() -> std::process::ExitCode {
+    proxymesh_daemon::cli::main()
+}

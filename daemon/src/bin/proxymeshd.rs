@@ -1,1 +1,168 @@
-fn main(){}
+//! `proxymeshd`: the per-site proxymesh daemon. See `proxymeshd --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use proxymesh_daemon::config::{parse_size, Config};
+use proxymesh_daemon::Daemon;
+
+/// The proxymesh site daemon: keeps this site's objects (memory, spilling to
+/// disk) and serves them to local applications over a loopback HTTP API
+/// (proxymesh's /v1 routes and ProxyStore's endpoint routes).
+///
+/// Settings come from defaults, then the TOML file given by --config, then
+/// environment variables, then flags (flags win).
+#[derive(Debug, Parser)]
+#[command(name = "proxymeshd", version, about, long_about)]
+struct Args {
+    /// TOML config file (keys: data_dir, api, memory_cap, inline_limit,
+    /// max_object_size, persist, proxystore_name, log).
+    #[arg(long, env = "PROXYMESHD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory: identity, endpoint UUID, spilled and persisted objects
+    /// [default: $XDG_DATA_HOME/proxymesh].
+    #[arg(long, env = "PROXYMESHD_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Local API listen address (port 0 picks a free port) [default: 127.0.0.1:7878].
+    #[arg(long, env = "PROXYMESH_API", value_name = "ADDR")]
+    api: Option<String>,
+    /// Bytes of objects kept in memory before spilling to disk, e.g. 512MiB [default: 1GiB].
+    #[arg(long, env = "PROXYMESHD_MEMORY_CAP", value_name = "SIZE", value_parser = parse_size)]
+    memory_cap: Option<u64>,
+    /// Objects larger than this go straight to disk [default: 64MiB].
+    #[arg(long, env = "PROXYMESHD_INLINE_LIMIT", value_name = "SIZE", value_parser = parse_size)]
+    inline_limit: Option<u64>,
+    /// Refuse objects larger than this (HTTP 413) [default: unlimited].
+    #[arg(long, env = "PROXYMESHD_MAX_OBJECT_SIZE", value_name = "SIZE", value_parser = parse_size)]
+    max_object_size: Option<u64>,
+    /// Keep objects across restarts (verified against their BLAKE3 hash on load).
+    /// Without it, the data directory's objects are removed at start and exit.
+    #[arg(long, env = "PROXYMESHD_PERSIST", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    persist: Option<bool>,
+    /// Also register as a ProxyStore endpoint of this name (writes
+    /// $PROXYSTORE_HOME/NAME/config.toml for Python's EndpointConnector).
+    #[arg(long, env = "PROXYMESHD_PROXYSTORE_NAME", value_name = "NAME")]
+    proxystore_name: Option<String>,
+    /// Log filter, e.g. info, debug, proxymesh_daemon=trace [default: info].
+    #[arg(long, env = "PROXYMESHD_LOG", value_name = "FILTER")]
+    log: Option<String>,
+    /// Worker threads of the async runtime (1 = single-threaded) [default: number of cores].
+    #[arg(long, env = "PROXYMESHD_THREADS", value_name = "N")]
+    threads: Option<usize>,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<(Config, Option<usize>)> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.data_dir {
+            cfg.data_dir = v;
+        }
+        if let Some(v) = self.api {
+            let v = v.trim_start_matches("http://").trim_end_matches('/');
+            cfg.api = v.parse().map_err(|_| {
+                anyhow::anyhow!("invalid --api {v:?}: expected IP:PORT, e.g. 127.0.0.1:7878")
+            })?;
+        }
+        if let Some(v) = self.memory_cap {
+            cfg.memory_cap = v;
+        }
+        if let Some(v) = self.inline_limit {
+            cfg.inline_limit = v;
+        }
+        if let Some(v) = self.max_object_size {
+            cfg.max_object_size = Some(v);
+        }
+        if let Some(v) = self.persist {
+            cfg.persist = v;
+        }
+        if let Some(v) = self.proxystore_name {
+            cfg.proxystore_name = Some(v);
+        }
+        if let Some(v) = self.log {
+            cfg.log = v;
+        }
+        cfg.validate()?;
+        Ok((cfg, self.threads))
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let (config, threads) = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("proxymeshd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|e| {
+        eprintln!(
+            "proxymeshd: invalid log filter {:?} ({e}); using info",
+            config.log
+        );
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .expect("tokio runtime");
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("proxymeshd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let persist = config.persist;
+    let data_dir = config.data_dir.clone();
+    let daemon = Daemon::start(config).await?;
+    // Machine-readable start banner on stdout (logs go to stderr).
+    println!("proxymeshd {}", env!("CARGO_PKG_VERSION"));
+    println!("peer id:  {}", daemon.peer_id());
+    println!("endpoint: {}", daemon.uuid());
+    println!("api:      http://{}", daemon.api_addr());
+    println!(
+        "data dir: {} ({})",
+        data_dir.display(),
+        if persist {
+            "objects persist across restarts"
+        } else {
+            "objects removed at exit"
+        }
+    );
+    println!("ready");
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    daemon.shutdown().await
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
