@@ -2,15 +2,52 @@
 //! and overflow spilled to files in the data directory, every object with its
 //! size and BLAKE3 hash. Writes and reads stream; nothing here needs a socket.
 //!
-//! STUB: signatures fixed, bodies to be written.
+//! - **Memory accounting**: one atomic memory budget counts every byte of
+//!   object data held in memory — by writers still receiving and by
+//!   committed memory objects — and never lets it exceed `memory_cap`.
+//!   A writer reserves each chunk as it arrives; when the object outgrows
+//!   `inline_limit` or the budget refuses, it spills to a temp file and
+//!   releases its reservation. Committed memory objects keep theirs until
+//!   evicted or replaced.
+//! - **Files**: `objects/<random id>.data` per object version (plus a
+//!   `.meta` JSON sidecar in persist mode), written as `tmp/<id>.*.part` and
+//!   renamed in. A fresh id per version lets readers of a replaced or evicted
+//!   version keep reading it. Object names never appear in file names.
+//! - **Persist**: data is fsynced before the rename; at open every object is
+//!   re-hashed and anything that does not verify is deleted. Without
+//!   persist, object files are removed at open and at [`Storage::shutdown`].
+//! - **Errors**: ENOSPC/EDQUOT anywhere become [`StorageError::Full`]; a
+//!   failed or dropped writer leaves no file and no reservation behind.
 
+mod budget;
+mod error;
+mod index;
+mod layout;
+mod name;
+mod persist;
+mod reader;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::fmt;
+use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
 use proxymesh::ObjectId;
+
+use budget::MemoryBudget;
+use error::{classify, join_error};
+use index::{Entry, Index};
+use layout::{clear_dir, Layout};
+
+pub use name::BadObjectName;
+pub use writer::ObjectWriter;
 
 /// The name an object is stored under. Native objects use 128-bit IDs;
 /// ProxyStore endpoint clients use their own string keys, kept in a separate
@@ -90,14 +127,20 @@ pub enum StorageError {
     Io(#[from] io::Error),
 }
 
-/// The store.
-#[derive(Debug)]
-pub struct Storage {}
+/// The store. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Storage {
+    inner: Arc<Inner>,
+}
 
-/// A streaming writer for one object. Nothing is visible until [`commit`](Self::commit);
-/// dropping it uncommitted discards everything written.
-#[derive(Debug)]
-pub struct ObjectWriter {}
+/// State shared by the store and its writers.
+pub(crate) struct Inner {
+    config: StorageConfig,
+    layout: Arc<Layout>,
+    budget: Arc<MemoryBudget>,
+    index: Index,
+    /// Holds the data directory's `flock`.
+    _lock: File,
+}
 
 /// A stored object, ready to read.
 #[derive(Debug)]
@@ -122,69 +165,157 @@ pub enum ObjectReader {
 pub type ChunkStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 impl Storage {
-    /// Open (creating) the store in `config.dir`.
-    pub async fn open(_config: StorageConfig) -> Result<Self, StorageError> {
-        todo!()
+    /// Open (creating) the store in `config.dir`. Fails if another store has
+    /// the directory open. Removes leftover temp files; without `persist`
+    /// also leftover objects, with `persist` loads and verifies them.
+    pub async fn open(config: StorageConfig) -> Result<Self, StorageError> {
+        let layout = Arc::new(Layout::new(&config.dir));
+        let persist = config.persist;
+        let l = Arc::clone(&layout);
+        let lock = tokio::task::spawn_blocking(move || -> io::Result<File> {
+            let lock = l.create_and_lock()?;
+            let stale = clear_dir(&l.tmp)?;
+            if stale > 0 {
+                tracing::info!(files = stale, "removed leftover temp files");
+            }
+            if !persist {
+                let old = clear_dir(&l.objects)?;
+                if old > 0 {
+                    tracing::info!(files = old, "removed object files of a previous run");
+                }
+            }
+            Ok(lock)
+        })
+        .await
+        .map_err(join_error)
+        .and_then(|r| r)
+        .map_err(classify)?;
+        let inner = Inner {
+            budget: MemoryBudget::new(config.memory_cap),
+            config,
+            layout,
+            index: Index::default(),
+            _lock: lock,
+        };
+        if persist {
+            persist::load(&inner).await?;
+        }
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
+
     /// Start writing `name`. `declared_len` (e.g. Content-Length) lets an
-    /// oversized object be refused before any byte is read.
-    pub fn writer(&self, _name: ObjectName, _declared_len: Option<u64>) -> Result<ObjectWriter, StorageError> {
-        todo!()
+    /// oversized object be refused before any byte is read, and sends an
+    /// object known to exceed `inline_limit` straight to disk.
+    pub fn writer(
+        &self,
+        name: ObjectName,
+        declared_len: Option<u64>,
+    ) -> Result<ObjectWriter, StorageError> {
+        let cfg = &self.inner.config;
+        if let (Some(len), Some(limit)) = (declared_len, cfg.max_object_size) {
+            if len > limit {
+                return Err(StorageError::TooLarge { size: len, limit });
+            }
+        }
+        let to_disk = declared_len.is_some_and(|len| len > cfg.inline_limit);
+        Ok(ObjectWriter::new(Arc::clone(&self.inner), name, to_disk))
     }
-    /// Open `name` for reading.
-    pub async fn open_reader(&self, _name: &ObjectName) -> Result<Option<ObjectReader>, StorageError> {
-        todo!()
+
+    /// Open `name` for reading. A disk object's reader keeps reading that
+    /// version even if it is replaced or evicted meanwhile.
+    pub async fn open_reader(
+        &self,
+        name: &ObjectName,
+    ) -> Result<Option<ObjectReader>, StorageError> {
+        self.inner.open_reader(name).await
     }
+
     /// Metadata of `name`.
-    pub fn meta(&self, _name: &ObjectName) -> Option<ObjectMeta> {
-        todo!()
+    pub fn meta(&self, name: &ObjectName) -> Option<ObjectMeta> {
+        self.inner.index.meta(name)
     }
+
     /// Whether `name` exists.
-    pub fn contains(&self, _name: &ObjectName) -> bool {
-        todo!()
+    pub fn contains(&self, name: &ObjectName) -> bool {
+        self.inner.index.contains(name)
     }
-    /// Remove `name`; `Ok(false)` if it was not there.
-    pub async fn evict(&self, _name: &ObjectName) -> Result<bool, StorageError> {
-        todo!()
-    }
-    /// Totals.
-    pub fn stats(&self) -> StorageStats {
-        todo!()
-    }
-    /// The configuration.
-    pub fn config(&self) -> &StorageConfig {
-        todo!()
-    }
-    /// Clean up at exit: without `persist`, remove every object file.
-    pub async fn shutdown(&self) -> Result<(), StorageError> {
-        todo!()
-    }
-}
 
-impl ObjectWriter {
-    /// Append a chunk.
-    pub async fn write(&mut self, _chunk: Bytes) -> Result<(), StorageError> {
-        todo!()
-    }
-    /// Make the object visible (replacing any previous object of that name).
-    pub async fn commit(self) -> Result<ObjectMeta, StorageError> {
-        todo!()
-    }
-}
-
-impl ObjectReader {
-    /// Metadata.
-    pub fn meta(&self) -> &ObjectMeta {
-        match self {
-            ObjectReader::Memory { meta, .. } | ObjectReader::File { meta, .. } => meta,
+    /// Remove `name` and its files; `Ok(false)` if it was not there.
+    pub async fn evict(&self, name: &ObjectName) -> Result<bool, StorageError> {
+        match self.inner.index.remove(name) {
+            Some(entry) => {
+                self.inner.discard_entry(entry).await;
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
-    /// The bytes as a stream of chunks of about `chunk_size` bytes.
-    pub fn into_stream(self, _chunk_size: usize) -> ChunkStream {
-        todo!()
+
+    /// Totals (O(1)). `memory_bytes` and `disk_bytes` count objects by
+    /// [`Location`]; a persisted memory object counts as memory.
+    pub fn stats(&self) -> StorageStats {
+        self.inner.index.stats()
     }
-    /// All the bytes at once (for small objects).
-    pub async fn read_all(self) -> io::Result<Bytes> {
-        todo!()
+
+    /// The configuration.
+    pub fn config(&self) -> &StorageConfig {
+        &self.inner.config
+    }
+
+    /// Bytes of the memory budget in use (committed memory objects plus
+    /// writers still buffering).
+    pub fn memory_reserved(&self) -> u64 {
+        self.inner.budget.used()
+    }
+
+    /// Clean up at exit: without `persist`, remove every object file (disk
+    /// objects leave the index; writers still in progress lose their temp
+    /// files and fail at commit). With `persist`, nothing to do.
+    pub async fn shutdown(&self) -> Result<(), StorageError> {
+        if self.inner.config.persist {
+            return Ok(());
+        }
+        for (name, id) in self.inner.index.with_files() {
+            // Non-persist entries with files are disk objects: no memory to keep.
+            let _ = self.inner.index.remove_version(&name, id);
+        }
+        let layout = Arc::clone(&self.inner.layout);
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            clear_dir(&layout.objects)?;
+            clear_dir(&layout.tmp)?;
+            Ok(())
+        })
+        .await
+        .map_err(join_error)
+        .and_then(|r| r)
+        .map_err(classify)
+    }
+}
+
+impl Inner {
+    /// Delete the files of an entry removed from the index (logging, not
+    /// failing: the entry is already gone). Runs to completion even if the
+    /// caller is cancelled.
+    async fn discard_entry(&self, entry: Entry) {
+        let Some(id) = entry.file else { return };
+        drop(entry);
+        let layout = Arc::clone(&self.layout);
+        let res = tokio::task::spawn_blocking(move || layout.remove_all(id)).await;
+        match res.map_err(join_error).and_then(|r| r) {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(file = %id, error = %e, "could not delete object files"),
+        }
+    }
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage")
+            .field("config", &self.inner.config)
+            .field("stats", &self.stats())
+            .field("memory_reserved", &self.memory_reserved())
+            .finish()
     }
 }
