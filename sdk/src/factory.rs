@@ -15,25 +15,31 @@ use crate::store::{get_or_register_store, Store, StoreConfig};
 /// the configuration of the store it was put in, and whether to evict the
 /// object once resolved. This is what a [`Proxy`](crate::Proxy) serializes as.
 ///
-/// Resolution uses the store registered under the configuration's name in
-/// this process, or, if there is none, builds that store from the
-/// configuration and registers it (so later proxies share its cache).
+/// Resolution uses the store that created the factory while still in its
+/// process; a deserialized factory uses the store registered under the
+/// configuration's name in this process, or, if there is none, builds that
+/// store from the configuration and registers it (so later proxies share its
+/// cache), as ProxyStore does.
 #[derive(Serialize, Deserialize)]
 #[serde(bound(serialize = "S: Serialize", deserialize = "S: DeserializeOwned"))]
 pub struct Factory<T, S = Bincode> {
     key: Key,
     store: StoreConfig<S>,
     evict: bool,
+    /// The store that made this factory, when in its process (not serialized).
+    #[serde(skip)]
+    origin: Option<Store<S>>,
     #[serde(skip)]
     _target: PhantomData<fn() -> T>,
 }
 
-impl<T, S: Clone> Clone for Factory<T, S> {
+impl<T, S: Serializer> Clone for Factory<T, S> {
     fn clone(&self) -> Self {
         Self {
             key: self.key.clone(),
             store: self.store.clone(),
             evict: self.evict,
+            origin: self.origin.clone(),
             _target: PhantomData,
         }
     }
@@ -57,8 +63,16 @@ impl<T, S: Serializer> Factory<T, S> {
             key,
             store,
             evict: evict_on_resolve,
+            origin: None,
             _target: PhantomData,
         }
+    }
+
+    /// Resolve through `store` while in this process (the store's handle is
+    /// not serialized).
+    pub fn with_origin(mut self, store: Store<S>) -> Self {
+        self.origin = Some(store);
+        self
     }
 
     /// The target object's key.
@@ -76,9 +90,13 @@ impl<T, S: Serializer> Factory<T, S> {
         self.evict
     }
 
-    /// The store to resolve through: the registered one of that name, else a
+    /// The store to resolve through: the store that made this factory if
+    /// this is its process, else the registered store of that name, else a
     /// new one built from the configuration (and registered).
     pub fn store(&self) -> Result<Store<S>> {
+        if let Some(store) = &self.origin {
+            return Ok(store.clone());
+        }
         get_or_register_store(&self.store)
     }
 

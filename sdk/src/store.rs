@@ -40,6 +40,7 @@ pub struct StoreConfig<S = Bincode> {
     /// The store's name, unique within a process's registry.
     pub name: String,
     /// How to build the store's connector.
+    #[serde(with = "connector_serde")]
     pub connector: ConnectorConfig,
     /// Maximum number of cached objects; `0` disables the cache.
     pub cache_size: usize,
@@ -47,6 +48,49 @@ pub struct StoreConfig<S = Bincode> {
     pub serializer: S,
     /// Whether to collect [metrics](Store::metrics).
     pub metrics: bool,
+}
+
+/// [`ConnectorConfig`] is internally tagged (`{"kind": ...}`), which only
+/// self-describing formats can decode. In compact binary formats (bincode),
+/// store configurations, hence proxies, encode it as a plain enum instead.
+mod connector_serde {
+    use std::path::PathBuf;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::connector::ConnectorConfig;
+
+    #[derive(Serialize, Deserialize)]
+    enum Compact {
+        Local(uuid::Uuid),
+        File(PathBuf),
+        Daemon,
+    }
+
+    pub(super) fn serialize<S: Serializer>(c: &ConnectorConfig, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return c.serialize(s);
+        }
+        match c {
+            ConnectorConfig::Local { instance } => Compact::Local(*instance),
+            ConnectorConfig::File { dir } => Compact::File(dir.clone()),
+            ConnectorConfig::Daemon => Compact::Daemon,
+        }
+        .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<ConnectorConfig, D::Error> {
+        if d.is_human_readable() {
+            return ConnectorConfig::deserialize(d);
+        }
+        Ok(match Compact::deserialize(d)? {
+            Compact::Local(instance) => ConnectorConfig::Local { instance },
+            Compact::File(dir) => ConnectorConfig::File { dir },
+            Compact::Daemon => ConnectorConfig::Daemon,
+        })
+    }
 }
 
 impl StoreConfig<Bincode> {
@@ -102,7 +146,7 @@ struct Inner<S> {
 ///
 /// Cheap to clone: clones share connector, cache and metrics. Methods must be
 /// called within a tokio runtime.
-pub struct Store<S: Serializer = Bincode> {
+pub struct Store<S = Bincode> {
     inner: Arc<Inner<S>>,
 }
 
@@ -381,10 +425,11 @@ impl<S: Serializer> Store<S> {
         Ok(())
     }
 
-    /// A factory that resolves `key` through this store (by name, or by
-    /// rebuilding it from its configuration in another process).
+    /// A factory that resolves `key` through this store: directly while in
+    /// this process, else (once deserialized) through the registered store of
+    /// this name or one rebuilt from this store's configuration.
     pub fn factory<T>(&self, key: Key, evict_on_resolve: bool) -> Factory<T, S> {
-        Factory::new(key, self.inner.config.clone(), evict_on_resolve)
+        Factory::new(key, self.inner.config.clone(), evict_on_resolve).with_origin(self.clone())
     }
 
     /// Store `value` and return a [`Proxy`] of it.
