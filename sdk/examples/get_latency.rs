@@ -10,7 +10,7 @@ use bytes::Bytes;
 use proxymesh::{Connector, DaemonConnector};
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> proxymesh::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let size: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1024);
     let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
