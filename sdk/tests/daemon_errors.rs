@@ -426,3 +426,35 @@ async fn sync_resolution_inside_a_current_thread_runtime_does_not_deadlock() {
         assert_eq!(c.get(&key).await.unwrap().unwrap(), "payload");
     }
 }
+
+#[test]
+fn one_connector_across_successive_runtimes() {
+    let addr = mock(|_| Resp {
+        status: 200,
+        body: b"ok".to_vec(),
+    });
+    let c = DaemonConnector::new(&addr).unwrap();
+    let key = Key::local(ObjectId::random());
+    for i in 0..4 {
+        let rt = if i % 2 == 0 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        for _ in 0..3 {
+            assert_eq!(
+                rt.block_on(c.get(&key)).unwrap().unwrap(),
+                "ok",
+                "runtime {i}"
+            );
+        }
+        drop(rt);
+    }
+}

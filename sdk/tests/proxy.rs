@@ -344,3 +344,39 @@ fn owned_proxy_drop_from_a_plain_thread() {
     std::thread::spawn(move || drop(owned)).join().unwrap();
     assert!(!rt.block_on(store.exists(&key)).unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deref_inside_spawn_blocking_and_sdk_runtime_tasks() {
+    let store = local_store("proxy-blocking");
+    let p = store.proxy(&11u32).await.unwrap();
+    let q = p.clone();
+    assert_eq!(tokio::task::spawn_blocking(move || *q).await.unwrap(), 11);
+    let q = p.clone();
+    assert_eq!(
+        proxymesh::runtime::handle()
+            .spawn(async move { *q })
+            .await
+            .unwrap(),
+        11
+    );
+}
+
+#[test]
+fn one_proxy_shared_by_many_threads() {
+    let (store, conn) = counting_store("proxy-shared");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let p = Arc::new(rt.block_on(store.proxy(&"shared".to_string())).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let p = p.clone();
+            std::thread::spawn(move || p.len())
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 6);
+    }
+    assert!(p.is_resolved());
+    assert!(conn.gets.load(Ordering::SeqCst) <= 8);
+}

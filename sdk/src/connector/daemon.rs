@@ -215,17 +215,35 @@ impl DaemonConnector {
         body: ReqBody,
         len: Option<u64>,
     ) -> Result<Response<Incoming>> {
+        let uri = self.uri(path)?;
+        // Bodiless idempotent requests are retried once if a pooled
+        // connection turns out to be dead (daemon restarted, or the runtime
+        // that drove it is gone).
+        let retry = matches!(method, Method::GET | Method::HEAD | Method::DELETE)
+            .then(|| (method.clone(), uri.clone()));
         let mut req = Request::new(body);
         *req.method_mut() = method;
-        *req.uri_mut() = self.uri(path)?;
+        *req.uri_mut() = uri;
         if let Some(len) = len {
             req.headers_mut()
                 .insert(CONTENT_LENGTH, HeaderValue::from(len));
         }
-        self.client()
-            .request(req)
-            .await
-            .map_err(|e| self.unreachable(error_chain(&e)))
+        let client = self.client();
+        match client.request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(e) if !e.is_connect() && retry.is_some() => {
+                let (method, uri) = retry.expect("checked above");
+                tracing::debug!(api = %self.inner.api, error = %error_chain(&e), "retrying {method} on a fresh connection");
+                let mut req = Request::new(empty());
+                *req.method_mut() = method;
+                *req.uri_mut() = uri;
+                client
+                    .request(req)
+                    .await
+                    .map_err(|e| self.unreachable(error_chain(&e)))
+            }
+            Err(e) => Err(self.unreachable(error_chain(&e))),
+        }
     }
 
     async fn send_json<B: Serialize>(&self, path: &str, body: &B) -> Result<Response<Incoming>> {
