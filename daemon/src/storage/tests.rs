@@ -961,3 +961,78 @@ fn types_are_thread_safe_and_futures_send() {
     }
     let _ = open_is_send;
 }
+
+/// Throughput measurement, not a pass/fail test:
+/// `cargo test --release -p proxymesh-daemon --lib storage::tests::throughput -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run in release with --ignored --nocapture"]
+async fn throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(cfg(dir.path())).await.unwrap();
+    let name = nid();
+    const CHUNK: usize = 64 * 1024;
+    let total: usize = 2 << 30;
+    let chunk = Bytes::from(data(CHUNK, 50));
+    let started = std::time::Instant::now();
+    let mut w = s.writer(name.clone(), None).unwrap();
+    for _ in 0..total / CHUNK {
+        w.write(chunk.clone()).await.unwrap();
+    }
+    w.commit().await.unwrap();
+    let write = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let mut stream = s
+        .open_reader(&name)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_stream(CHUNK);
+    let mut n = 0;
+    while let Some(c) = stream.next().await {
+        n += c.unwrap().len();
+    }
+    assert_eq!(n, total);
+    let read = started.elapsed().as_secs_f64();
+    let mib = (total >> 20) as f64;
+    eprintln!(
+        "2 GiB in 64 KiB chunks: write+hash {:.0} MiB/s, read {:.0} MiB/s",
+        mib / write,
+        mib / read
+    );
+}
+
+#[tokio::test]
+async fn io_failures_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(cfg(dir.path())).await.unwrap();
+    let name = nid();
+
+    // Creating the temp file fails.
+    std::fs::remove_dir(dir.path().join("tmp")).unwrap();
+    let mut w = s.writer(name.clone(), None).unwrap();
+    w.write(Bytes::from(vec![1u8; 1000])).await.unwrap();
+    let err = w
+        .write(Bytes::from(vec![1u8; 2 * MIB as usize]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Io(_)), "{err}");
+    assert_eq!(s.memory_reserved(), 0);
+    assert!(w.commit().await.is_err());
+    std::fs::create_dir(dir.path().join("tmp")).unwrap();
+
+    // Publishing (rename into objects/) fails at commit.
+    let mut w = s.writer(name.clone(), Some(3 * MIB)).unwrap();
+    w.write(Bytes::from(vec![2u8; 3 * MIB as usize]))
+        .await
+        .unwrap();
+    std::fs::remove_dir(dir.path().join("objects")).unwrap();
+    let err = w.commit().await.unwrap_err();
+    assert!(matches!(err, StorageError::Io(_)), "{err}");
+    assert!(
+        tmp_files(dir.path()).is_empty(),
+        "temp file removed after failed commit"
+    );
+    assert!(!s.contains(&name));
+    assert_eq!(s.stats(), StorageStats::default());
+    assert_eq!(s.memory_reserved(), 0);
+}

@@ -38,7 +38,7 @@ pub struct ObjectWriter {
 }
 
 enum State {
-    Memory(MemState),
+    Memory(Box<MemState>),
     Disk(DiskState),
     /// Committed, failed or interrupted.
     Closed,
@@ -66,7 +66,7 @@ struct Open {
 
 enum Sink {
     /// The temp file does not exist yet.
-    Unopened(blake3::Hasher),
+    Unopened(Box<blake3::Hasher>),
     /// A write of this many bytes is in progress.
     Busy(JoinHandle<io::Result<Open>>, usize),
     /// A write future was cancelled while the file was taken.
@@ -78,11 +78,11 @@ impl ObjectWriter {
         let state = if to_disk {
             State::Disk(DiskState::new(&inner, blake3::Hasher::new()))
         } else {
-            State::Memory(MemState {
+            State::Memory(Box::new(MemState {
                 buf: BytesMut::new(),
                 reservation: Reservation::empty(&inner.budget),
                 hasher: blake3::Hasher::new(),
-            })
+            }))
         };
         Self {
             inner,
@@ -168,7 +168,7 @@ impl ObjectWriter {
                 buf,
                 reservation,
                 hasher,
-            } = m;
+            } = *m;
             tracing::debug!(name = %self.name, bytes = buf.len(), "spilling object to disk");
             let mut disk = DiskState::new(&self.inner, hasher);
             let spilled = buf.freeze();
@@ -199,7 +199,12 @@ impl ObjectWriter {
                     hash: m.hasher.finalize(),
                     location: Location::Memory,
                 };
-                let data = m.buf.freeze();
+                // The buffer grew by doubling; keep only what is accounted.
+                let data = if m.buf.capacity() - m.buf.len() > m.buf.len() / 8 {
+                    Bytes::copy_from_slice(&m.buf)
+                } else {
+                    m.buf.freeze()
+                };
                 let guard = if persist {
                     let id = FileId::random();
                     let guard = FileGuard::new(&inner.layout, id);
@@ -271,7 +276,7 @@ impl DiskState {
         Self {
             guard: FileGuard::new(&inner.layout, FileId::random()),
             pending: BytesMut::new(),
-            sink: Sink::Unopened(hasher),
+            sink: Sink::Unopened(Box::new(hasher)),
         }
     }
 
@@ -321,7 +326,10 @@ impl Sink {
                 let Sink::Unopened(hasher) = mem::replace(self, Sink::Lost) else {
                     unreachable!()
                 };
-                Ok(Open { file, hasher })
+                Ok(Open {
+                    file,
+                    hasher: *hasher,
+                })
             }
             Sink::Busy(handle, _) => {
                 let res = handle.await;
