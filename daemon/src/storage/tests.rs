@@ -463,16 +463,28 @@ async fn dropped_writer_leaves_nothing() {
     );
     assert_consistent(&s);
 
-    // A writer dropped in the middle of a write (cancelled future).
-    let mut w = s.writer(nid(), Some(10 * MIB)).unwrap();
+    // A write whose future is dropped midway poisons the writer: committing
+    // it could publish an object missing bytes.
+    let name2 = nid();
     let big = Bytes::from(vec![4u8; 4 * MIB as usize]);
-    w.write(big.clone()).await.unwrap();
-    {
-        let fut = w.write(big.clone());
-        futures::pin_mut!(fut);
-        let _ = futures::poll!(fut.as_mut());
+    let mut interrupted = false;
+    for _ in 0..50 {
+        let mut w = s.writer(name2.clone(), Some(10 * MIB)).unwrap();
+        w.write(big.clone()).await.unwrap();
+        {
+            let fut = w.write(big.clone());
+            futures::pin_mut!(fut);
+            if futures::poll!(fut.as_mut()).is_ready() {
+                continue; // The previous disk write had already finished.
+            }
+        }
+        interrupted = true;
+        assert!(w.write(big.clone()).await.is_err(), "writer is poisoned");
+        assert!(w.commit().await.is_err());
+        break;
     }
-    drop(w);
+    assert!(interrupted, "never caught a write in flight");
+    assert!(!s.contains(&name2));
     assert!(tmp_files(dir.path()).is_empty());
 }
 

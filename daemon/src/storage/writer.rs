@@ -35,6 +35,9 @@ pub struct ObjectWriter {
     name: ObjectName,
     written: u64,
     state: State,
+    /// Set while a `write` runs: still set at the next call means that
+    /// write's future was dropped midway, so the data may be incomplete.
+    writing: bool,
 }
 
 enum State {
@@ -89,6 +92,7 @@ impl ObjectWriter {
             name,
             written: 0,
             state,
+            writing: false,
         }
     }
 
@@ -125,6 +129,9 @@ impl ObjectWriter {
     /// Append a chunk. On any error the writer discards everything and is
     /// closed.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        if self.writing {
+            self.state = State::Closed;
+        }
         if matches!(self.state, State::Closed) {
             return Err(writer_closed());
         }
@@ -138,7 +145,9 @@ impl ObjectWriter {
                 return Err(StorageError::TooLarge { size: total, limit });
             }
         }
+        self.writing = true;
         let result = self.write_inner(chunk, total).await;
+        self.writing = false;
         match result {
             Ok(()) => {
                 self.written = total;
@@ -188,6 +197,9 @@ impl ObjectWriter {
     /// (whose files are removed; open readers of it keep reading it).
     pub async fn commit(mut self) -> Result<ObjectMeta, StorageError> {
         let state = mem::replace(&mut self.state, State::Closed);
+        if self.writing {
+            return Err(writer_closed());
+        }
         let inner = Arc::clone(&self.inner);
         let persist = inner.config.persist;
         let size = self.written;
