@@ -160,12 +160,31 @@ impl IntoResponse for Failure {
 }
 
 /// Stream a request body into a new object under `name`. On any failure the
-/// writer is dropped, so nothing half-written becomes visible.
+/// writer is dropped, so nothing half-written becomes visible, and the rest
+/// of the body is [drained](drain) so the client reads the error instead of a
+/// connection reset.
 pub async fn store_body<S, E>(
     storage: &Storage,
     name: ObjectName,
     declared_len: Option<u64>,
     mut body: S,
+) -> Result<crate::storage::ObjectMeta, Failure>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let result = write_body(storage, name, declared_len, &mut body).await;
+    if result.is_err() {
+        drain(&mut body).await;
+    }
+    result
+}
+
+async fn write_body<S, E>(
+    storage: &Storage,
+    name: ObjectName,
+    declared_len: Option<u64>,
+    body: &mut S,
 ) -> Result<crate::storage::ObjectMeta, Failure>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -186,6 +205,29 @@ where
         }
     }
     Ok(writer.commit().await?)
+}
+
+/// Most bytes read and discarded from a refused request body.
+const DRAIN_LIMIT: usize = 256 << 20;
+/// Longest time spent draining a refused request body.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Read and discard what is left of a refused request body (bounded by
+/// [`DRAIN_LIMIT`] and [`DRAIN_TIME`]). Closing a connection with unread
+/// request bytes makes the kernel send a reset, which destroys the error
+/// answer before the client reads it; draining first lets it arrive.
+pub async fn drain<S, E>(body: &mut S)
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut drained = 0usize;
+    while drained < DRAIN_LIMIT {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => drained += chunk.len(),
+            _ => break,
+        }
+    }
 }
 
 /// The `content-length` of a request, if declared.

@@ -174,8 +174,10 @@ pub async fn evict(
 /// fails, the objects already stored by this request are removed again.
 pub async fn batch_put(State(state): St, body: Body) -> Result<Json<KeysResponse>, Failure> {
     let mut stored: Vec<ObjectId> = Vec::new();
-    let result = batch_put_inner(&state, body, &mut stored).await;
+    let mut stream = body.into_data_stream();
+    let result = batch_put_inner(&state, &mut stream, &mut stored).await;
     if result.is_err() {
+        super::drain(&mut stream).await;
         for id in &stored {
             let _ = state.storage.evict(&ObjectName::Native(*id)).await;
         }
@@ -185,12 +187,11 @@ pub async fn batch_put(State(state): St, body: Body) -> Result<Json<KeysResponse
 
 async fn batch_put_inner(
     state: &AppState,
-    body: Body,
+    stream: &mut axum::body::BodyDataStream,
     stored: &mut Vec<ObjectId>,
 ) -> Result<Json<KeysResponse>, Failure> {
     let limit = state.storage.config().max_object_size;
     let mut parser = api::FrameParser::default();
-    let mut stream = body.into_data_stream();
     let mut keys = Vec::new();
     while let Some(chunk) = stream.next().await {
         parser.push(&chunk.map_err(Failure::incomplete)?);
