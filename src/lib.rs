@@ -229,9 +229,13 @@ pub fn raw_request(addr: &str, request: &[u8]) -> RawResponse {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(request).expect("send");
+    // A server may answer (an error) before reading the whole body and stop
+    // reading; the answer is what matters, so a refused write is not fatal.
+    let _ = s.write_all(request);
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).expect("read answer");
+    if let Err(e) = s.read_to_end(&mut buf) {
+        assert!(!buf.is_empty(), "no answer from {addr}: {e}");
+    }
     parse_response(&buf)
 }
 
@@ -309,10 +313,7 @@ fn parse_response(buf: &[u8]) -> RawResponse {
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&data[..eol]);
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
             .unwrap_or(0);

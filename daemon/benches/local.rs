@@ -1,0 +1,217 @@
+//! Local-path benchmark: the SDK's `DaemonConnector` against a real
+//! `proxymeshd` process, with baselines measured in the same run.
+//!
+//! ```sh
+//! cargo bench -p proxymesh-daemon --bench local            # 1 KiB latency, 100 MiB + 1 GiB throughput
+//! cargo bench -p proxymesh-daemon --bench local -- --quick # fewer iterations, no 1 GiB
+//! ```
+//!
+//! Baselines: latency of a 1 KiB GET from a minimal HTTP server (hyper via
+//! axum, a static body: the floor of any HTTP round trip here); throughput of
+//! a raw loopback TCP copy of the same bytes (the floor of any socket path).
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use proxymesh::{ByteStream, Connector, DaemonConnector, Key};
+use proxymesh_suite::DaemonProcess;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn report(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "{name:<44} median {:>8.1} µs   p99 {:>8.1} µs   (n={})",
+        percentile(&samples, 0.5).as_secs_f64() * 1e6,
+        percentile(&samples, 0.99).as_secs_f64() * 1e6,
+        samples.len()
+    );
+}
+
+fn mibps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+fn stream_of(size: u64) -> ByteStream {
+    let chunk = Bytes::from(vec![0xA5u8; 1 << 20]);
+    let n = size / chunk.len() as u64;
+    futures::stream::iter((0..n).map(move |_| Ok(chunk.clone()))).boxed()
+}
+
+async fn time_latency<F, Fut>(iters: usize, mut f: F) -> Vec<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..iters / 10 {
+        f().await;
+    }
+    let mut out = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        f().await;
+        out.push(t.elapsed());
+    }
+    out
+}
+
+/// A minimal HTTP server answering every GET with the same 1 KiB body.
+async fn baseline_http_server() -> String {
+    let body = Bytes::from(vec![7u8; 1024]);
+    let app = axum::Router::new().route(
+        "/x",
+        axum::routing::get(move || async move { body.clone() }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Raw loopback TCP: one thread writes `size` bytes, this one reads them.
+fn raw_tcp_copy(size: u64) -> Duration {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let buf = vec![0xA5u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            s.write_all(&buf[..n]).unwrap();
+            left -= n as u64;
+        }
+    });
+    let (mut s, _) = listener.accept().unwrap();
+    let t = Instant::now();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    while got < size {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got += n as u64;
+    }
+    let d = t.elapsed();
+    writer.join().unwrap();
+    d
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let iters = if quick { 500 } else { 5000 };
+    let d = DaemonProcess::start(&[]);
+    let conn = Arc::new(DaemonConnector::new(&d.api).unwrap());
+    println!(
+        "proxymesh local benchmark (daemon pid {}, {} iterations)",
+        d.pid(),
+        iters
+    );
+    println!("-- latency, 1 KiB --");
+
+    let base = baseline_http_server().await;
+    // The same hyper client stack the DaemonConnector uses.
+    let raw = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let uri: hyper::Uri = format!("http://{base}/x").parse().unwrap();
+    report(
+        "baseline: minimal HTTP server GET 1 KiB",
+        time_latency(iters, || {
+            let (raw, uri) = (raw.clone(), uri.clone());
+            async move {
+                use http_body_util::BodyExt;
+                let resp = raw.get(uri).await.unwrap();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(body.len(), 1024);
+            }
+        })
+        .await,
+    );
+
+    let payload = Bytes::from(vec![1u8; 1024]);
+    let keys: Vec<Key> = conn.put_batch(vec![payload.clone(); 1]).await.unwrap();
+    let key = keys[0].clone();
+    report(
+        "proxymesh: get 1 KiB (DaemonConnector)",
+        time_latency(iters, || {
+            let (conn, key) = (conn.clone(), key.clone());
+            async move {
+                let b = conn.get(&key).await.unwrap().unwrap();
+                assert_eq!(b.len(), 1024);
+            }
+        })
+        .await,
+    );
+    report(
+        "proxymesh: exists 1 KiB",
+        time_latency(iters, || {
+            let (conn, key) = (conn.clone(), key.clone());
+            async move {
+                assert!(conn.exists(&key).await.unwrap());
+            }
+        })
+        .await,
+    );
+    let mut put_keys = Vec::new();
+    let samples = {
+        let mut out = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let t = Instant::now();
+            put_keys.push(conn.put(payload.clone()).await.unwrap());
+            out.push(t.elapsed());
+        }
+        out
+    };
+    report("proxymesh: put 1 KiB", samples);
+    let t = Instant::now();
+    conn.evict_batch(&put_keys).await.unwrap();
+    println!(
+        "{:<44} {:>8.1} µs per key ({} keys in one request)",
+        "proxymesh: evict_batch",
+        t.elapsed().as_secs_f64() * 1e6 / put_keys.len() as f64,
+        put_keys.len()
+    );
+
+    println!("-- throughput (MiB/s) --");
+    let sizes: &[u64] = if quick {
+        &[100 << 20]
+    } else {
+        &[100 << 20, 1 << 30]
+    };
+    for &size in sizes {
+        let label = if size >= 1 << 30 {
+            format!("{} GiB", size >> 30)
+        } else {
+            format!("{} MiB", size >> 20)
+        };
+        let raw = (0..3).map(|_| raw_tcp_copy(size)).min().unwrap();
+        let t = Instant::now();
+        let key = conn
+            .put_stream_with_len(stream_of(size), size)
+            .await
+            .unwrap();
+        let put = t.elapsed();
+        let t = Instant::now();
+        let mut n = 0u64;
+        let mut s = conn.get_stream(&key).await.unwrap().unwrap();
+        while let Some(c) = s.try_next().await.unwrap() {
+            n += c.len() as u64;
+        }
+        let get = t.elapsed();
+        assert_eq!(n, size);
+        conn.evict(&key).await.unwrap();
+        println!(
+            "{label:>8}: raw TCP loopback {:>7.0}   proxymesh put {:>7.0}   get {:>7.0}   (get = {:.2}x raw)",
+            mibps(size, raw),
+            mibps(size, put),
+            mibps(size, get),
+            raw.as_secs_f64() / get.as_secs_f64()
+        );
+    }
+    println!("daemon peak RSS: {} MiB", d.peak_rss() >> 20);
+}
