@@ -6,9 +6,10 @@
 //! cargo bench -p proxymesh-daemon --bench local -- --quick # fewer iterations, no 1 GiB
 //! ```
 //!
-//! Baselines: latency of a 1 KiB GET from a minimal HTTP server (hyper via
-//! axum, a static body: the floor of any HTTP round trip here); throughput of
-//! a raw loopback TCP copy of the same bytes (the floor of any socket path).
+//! Baselines: latency of a 1 KiB GET from a minimal HTTP server in another
+//! process (axum on a single-threaded runtime, a static body: the floor of any
+//! cross-process HTTP round trip here); throughput of a raw loopback TCP copy
+//! of the same bytes (the floor of any socket path).
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use proxymesh::{ByteStream, Connector, DaemonConnector, Key};
+use proxymesh::{ByteStream, Connector, DaemonConnector};
 use proxymesh_suite::DaemonProcess;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -60,17 +61,54 @@ where
     out
 }
 
-/// A minimal HTTP server answering every GET with the same 1 KiB body.
-async fn baseline_http_server() -> String {
-    let body = Bytes::from(vec![7u8; 1024]);
-    let app = axum::Router::new().route(
-        "/x",
-        axum::routing::get(move || async move { body.clone() }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
+/// Serve every GET with the same 1 KiB body on a single-threaded runtime
+/// (like the daemon's default), printing the bound address first. Runs as a
+/// separate process: `local --baseline-server`.
+fn baseline_server_main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let body = Bytes::from(vec![7u8; 1024]);
+        let app = axum::Router::new().route(
+            "/x",
+            axum::routing::get(move || async move { body.clone() }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", listener.local_addr().unwrap());
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app).await.unwrap()
+    });
+}
+
+/// The baseline server as a child process (killed on drop), and its address.
+struct BaselineServer(std::process::Child, String);
+
+impl BaselineServer {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("--baseline-server")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        Self(child, line.trim().to_string())
+    }
+}
+
+impl Drop for BaselineServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Raw loopback TCP: one thread writes `size` bytes, this one reads them.
@@ -101,11 +139,24 @@ fn raw_tcp_copy(size: u64) -> Duration {
     d
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+fn main() {
+    if std::env::args().any(|a| a == "--baseline-server") {
+        return baseline_server_main();
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench());
+}
+
+async fn bench() {
     let quick = std::env::args().any(|a| a == "--quick");
     let iters = if quick { 500 } else { 5000 };
-    let d = DaemonProcess::start(&[]);
+    // Extra daemon flags for experiments, e.g. PROXYMESH_BENCH_DAEMON_ARGS="--threads 1".
+    let extra = std::env::var("PROXYMESH_BENCH_DAEMON_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let d = DaemonProcess::start(&extra);
     let conn = Arc::new(DaemonConnector::new(&d.api).unwrap());
     println!(
         "proxymesh local benchmark (daemon pid {}, {} iterations)",
@@ -114,49 +165,56 @@ async fn main() {
     );
     println!("-- latency, 1 KiB --");
 
-    let base = baseline_http_server().await;
+    let baseline = BaselineServer::start();
+    let base = baseline.1.clone();
     // The same hyper client stack the DaemonConnector uses.
     let raw = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<Bytes>>();
     let uri: hyper::Uri = format!("http://{base}/x").parse().unwrap();
-    report(
-        "baseline: minimal HTTP server GET 1 KiB",
-        time_latency(iters, || {
-            let (raw, uri) = (raw.clone(), uri.clone());
-            async move {
-                use http_body_util::BodyExt;
-                let resp = raw.get(uri).await.unwrap();
-                let body = resp.into_body().collect().await.unwrap().to_bytes();
-                assert_eq!(body.len(), 1024);
-            }
-        })
-        .await,
-    );
-
     let payload = Bytes::from(vec![1u8; 1024]);
-    let keys: Vec<Key> = conn.put_batch(vec![payload.clone(); 1]).await.unwrap();
-    let key = keys[0].clone();
-    report(
-        "proxymesh: get 1 KiB (DaemonConnector)",
-        time_latency(iters, || {
-            let (conn, key) = (conn.clone(), key.clone());
-            async move {
-                let b = conn.get(&key).await.unwrap().unwrap();
-                assert_eq!(b.len(), 1024);
-            }
-        })
-        .await,
-    );
-    report(
-        "proxymesh: exists 1 KiB",
-        time_latency(iters, || {
-            let (conn, key) = (conn.clone(), key.clone());
-            async move {
-                assert!(conn.exists(&key).await.unwrap());
-            }
-        })
-        .await,
-    );
+    let key = conn.put(payload.clone()).await.unwrap();
+
+    // Wake-up latency on a VM drifts with load, so the three measurements
+    // take turns in short rounds and each sees the same conditions.
+    let rounds = 10;
+    let per_round = iters / rounds;
+    let (mut base_s, mut get_s, mut exists_s) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        base_s.extend(
+            time_latency(per_round, || {
+                let (raw, uri) = (raw.clone(), uri.clone());
+                async move {
+                    use http_body_util::BodyExt;
+                    let resp = raw.get(uri).await.unwrap();
+                    let body = resp.into_body().collect().await.unwrap().to_bytes();
+                    assert_eq!(body.len(), 1024);
+                }
+            })
+            .await,
+        );
+        get_s.extend(
+            time_latency(per_round, || {
+                let (conn, key) = (conn.clone(), key.clone());
+                async move {
+                    let b = conn.get(&key).await.unwrap().unwrap();
+                    assert_eq!(b.len(), 1024);
+                }
+            })
+            .await,
+        );
+        exists_s.extend(
+            time_latency(per_round, || {
+                let (conn, key) = (conn.clone(), key.clone());
+                async move {
+                    assert!(conn.exists(&key).await.unwrap());
+                }
+            })
+            .await,
+        );
+    }
+    report("baseline: minimal HTTP server process, GET 1 KiB", base_s);
+    report("proxymesh: get 1 KiB (DaemonConnector)", get_s);
+    report("proxymesh: exists (DaemonConnector)", exists_s);
     let mut put_keys = Vec::new();
     let samples = {
         let mut out = Vec::with_capacity(iters);
