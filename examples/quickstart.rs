@@ -55,19 +55,6 @@ enum Shipment {
     },
 }
 
-fn pattern(size: usize) -> Vec<u8> {
-    // Cheap, non-repeating-looking data (not all zeros, so nothing compresses it away).
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -122,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
     );
     lines.push(line);
     for size in sizes {
-        let data = pattern(size as usize);
+        let data = proxymesh::testing::pattern(size as usize, 1).to_vec();
         let hash = blake3::hash(&data).to_hex().to_string();
         let started = Instant::now();
         let proxy = store.proxy(&data).await?;

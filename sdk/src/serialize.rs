@@ -14,22 +14,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Encodes values to bytes and back.
-///
-/// Because a serializer is itself `Serialize`, call these methods with the
-/// trait path to avoid ambiguity with `serde::Serialize::serialize`:
+/// Encodes values to bytes and back. A serializer is itself serializable (it
+/// travels inside proxies, so the consumer decodes the way the producer encoded).
 ///
 /// ```
 /// use proxymesh::{Bincode, Serializer};
-/// let bytes = Serializer::serialize(&Bincode, &(1u32, "two")).unwrap();
-/// let back: (u32, String) = Serializer::deserialize(&Bincode, bytes).unwrap();
+/// let bytes = Bincode.encode(&(1u32, "two")).unwrap();
+/// let back: (u32, String) = Bincode.decode(bytes).unwrap();
 /// assert_eq!(back, (1, "two".to_string()));
 /// ```
 pub trait Serializer: Clone + Send + Sync + Serialize + DeserializeOwned + Debug + 'static {
     /// Encode `value`.
-    fn serialize<T: Serialize + 'static>(&self, value: &T) -> Result<Bytes>;
+    fn encode<T: Serialize + 'static>(&self, value: &T) -> Result<Bytes>;
     /// Decode a value of type `T` from `data`.
-    fn deserialize<T: DeserializeOwned + 'static>(&self, data: Bytes) -> Result<T>;
+    fn decode<T: DeserializeOwned + 'static>(&self, data: Bytes) -> Result<T>;
 }
 
 /// The raw bytes of `value` if it is a `Vec<u8>` or [`Bytes`].
@@ -67,7 +65,7 @@ pub fn from_raw_bytes<T: 'static>(data: Bytes) -> std::result::Result<T, Bytes> 
 pub struct Bincode;
 
 impl Serializer for Bincode {
-    fn serialize<T: Serialize + 'static>(&self, value: &T) -> Result<Bytes> {
+    fn encode<T: Serialize + 'static>(&self, value: &T) -> Result<Bytes> {
         if let Some(raw) = raw_bytes(value) {
             return Ok(raw);
         }
@@ -81,7 +79,7 @@ impl Serializer for Bincode {
             })
     }
 
-    fn deserialize<T: DeserializeOwned + 'static>(&self, data: Bytes) -> Result<T> {
+    fn decode<T: DeserializeOwned + 'static>(&self, data: Bytes) -> Result<T> {
         let data = match from_raw_bytes::<T>(data) {
             Ok(v) => return Ok(v),
             Err(data) => data,
@@ -113,7 +111,7 @@ impl Serializer for Bincode {
 pub struct Json;
 
 impl Serializer for Json {
-    fn serialize<T: Serialize + 'static>(&self, value: &T) -> Result<Bytes> {
+    fn encode<T: Serialize + 'static>(&self, value: &T) -> Result<Bytes> {
         serde_json::to_vec(value).map(Bytes::from).map_err(|e| {
             Error::Serialization(format!(
                 "JSON encoding of {}: {e}",
@@ -122,7 +120,7 @@ impl Serializer for Json {
         })
     }
 
-    fn deserialize<T: DeserializeOwned + 'static>(&self, data: Bytes) -> Result<T> {
+    fn decode<T: DeserializeOwned + 'static>(&self, data: Bytes) -> Result<T> {
         serde_json::from_slice(&data).map_err(|e| {
             Error::Serialization(format!(
                 "JSON decoding as {}: {e}",
@@ -139,12 +137,12 @@ mod tests {
 
     fn roundtrip<S: Serializer>(s: S) {
         let v: BTreeMap<String, Vec<u32>> = [("a".into(), vec![1, 2]), ("b".into(), vec![])].into();
-        let b = Serializer::serialize(&s, &v).unwrap();
+        let b = Serializer::encode(&s, &v).unwrap();
         assert_eq!(
-            Serializer::deserialize::<BTreeMap<String, Vec<u32>>>(&s, b).unwrap(),
+            Serializer::decode::<BTreeMap<String, Vec<u32>>>(&s, b).unwrap(),
             v
         );
-        assert!(Serializer::deserialize::<u64>(&s, Bytes::from_static(b"\xff\xff")).is_err());
+        assert!(Serializer::decode::<u64>(&s, Bytes::from_static(b"\xff\xff")).is_err());
     }
 
     #[test]
@@ -157,36 +155,31 @@ mod tests {
     fn bincode_passes_bytes_through() {
         let v = vec![1u8, 2, 3];
         assert_eq!(
-            Serializer::serialize(&Bincode, &v).unwrap(),
+            Serializer::encode(&Bincode, &v).unwrap(),
             Bytes::from(v.clone())
         );
         assert_eq!(
-            Serializer::deserialize::<Vec<u8>>(&Bincode, Bytes::from(v.clone())).unwrap(),
+            Serializer::decode::<Vec<u8>>(&Bincode, Bytes::from(v.clone())).unwrap(),
             v
         );
         let b = Bytes::from_static(b"raw");
-        assert_eq!(Serializer::serialize(&Bincode, &b).unwrap(), b);
-        assert_eq!(
-            Serializer::deserialize::<Bytes>(&Bincode, b.clone()).unwrap(),
-            b
-        );
+        assert_eq!(Serializer::encode(&Bincode, &b).unwrap(), b);
+        assert_eq!(Serializer::decode::<Bytes>(&Bincode, b.clone()).unwrap(), b);
         // Other types are encoded.
         assert_ne!(
-            Serializer::serialize(&Bincode, &vec![1u16, 2])
-                .unwrap()
-                .len(),
+            Serializer::encode(&Bincode, &vec![1u16, 2]).unwrap().len(),
             2
         );
         // JSON encodes byte vectors as arrays.
         assert_eq!(
-            Serializer::serialize(&Json, &vec![1u8, 2]).unwrap(),
+            Serializer::encode(&Json, &vec![1u8, 2]).unwrap(),
             Bytes::from_static(b"[1,2]")
         );
     }
 
     #[test]
     fn trailing_bytes_are_rejected() {
-        let b = Serializer::serialize(&Bincode, &(1u32, 2u32)).unwrap();
-        assert!(Serializer::deserialize::<u32>(&Bincode, b).is_err());
+        let b = Serializer::encode(&Bincode, &(1u32, 2u32)).unwrap();
+        assert!(Serializer::decode::<u32>(&Bincode, b).is_err());
     }
 }

@@ -249,11 +249,11 @@ impl<S: Serializer> Store<S> {
     }
 
     fn encode<T: Serialize + 'static>(&self, value: &T) -> Result<Bytes> {
-        Serializer::serialize(&self.inner.config.serializer, value)
+        self.inner.config.serializer.encode(value)
     }
 
     fn decode<T: DeserializeOwned + 'static>(&self, data: Bytes) -> Result<T> {
-        Serializer::deserialize(&self.inner.config.serializer, data)
+        self.inner.config.serializer.decode(data)
     }
 
     /// Serialized bytes of `key`: from the cache, else from the connector

@@ -67,15 +67,7 @@ impl FileConnector {
     }
 
     fn check(key: &Key) -> Result<ObjectId> {
-        match key.peer {
-            None => Ok(key.id),
-            Some(peer) => Err(Error::WrongConnector {
-                key: key.clone(),
-                reason: format!(
-                    "it names daemon {peer}; a FileConnector only serves keys without a peer (use a DaemonConnector)"
-                ),
-            }),
-        }
+        super::peerless_id(key, "a FileConnector")
     }
 
     fn io_err(&self, what: &str, path: &Path, e: io::Error) -> Error {

@@ -86,16 +86,7 @@ impl LocalConnector {
     }
 
     fn check(key: &Key) -> Result<ObjectId> {
-        match key.peer {
-            None => Ok(key.id),
-            Some(peer) => Err(Error::WrongConnector {
-                key: key.clone(),
-                reason: format!(
-                    "it names daemon {peer}; an in-process LocalConnector only serves keys without a peer \
-                     (use a DaemonConnector)"
-                ),
-            }),
-        }
+        super::peerless_id(key, "an in-process LocalConnector")
     }
 }
 

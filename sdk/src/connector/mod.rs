@@ -98,6 +98,18 @@ pub trait Connector: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// The object ID of a key that names no daemon; connectors that store
+/// objects themselves (`what`, for the message) refuse daemon keys.
+fn peerless_id(key: &Key, what: &str) -> Result<crate::key::ObjectId> {
+    match key.peer {
+        None => Ok(key.id),
+        Some(peer) => Err(crate::Error::WrongConnector {
+            key: key.clone(),
+            reason: format!("it names daemon {peer}; {what} only serves keys without a peer (use a DaemonConnector)"),
+        }),
+    }
+}
+
 /// A serializable description of a connector, from which
 /// [`connect`](ConnectorConfig::connect) builds one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
