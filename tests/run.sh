@@ -24,4 +24,12 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import proxystore' 2>/dev
     .venv/bin/pip install -q --disable-pip-version-check 'proxystore>=1,<2'
 fi
 
-exec cargo test --workspace "$@"
+# Run everything, then end with one line that totals every test binary
+# (cargo's own last line is a doc-test run that may hold no tests).
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "all tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
