@@ -11,6 +11,15 @@
 //! persist = false
 //! proxystore_name = "site-a"    # also register as a ProxyStore endpoint
 //! log = "info"
+//!
+//! # the mesh (enabled by `relays` or `listen_port`)
+//! relays = ["/ip4/203.0.113.7/udp/4001/quic-v1/p2p/12D3KooW...", "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooW..."]
+//! listen_port = 4002
+//! external_addresses = []
+//! connect_timeout = 20.0        # seconds
+//! hole_punch_timeout = 8.0
+//! idle_timeout = 10.0
+//! cache_cap = "4GiB"            # fetched copies of other sites' objects
 //! ```
 
 use std::net::SocketAddr;
@@ -50,6 +59,23 @@ pub struct Config {
     pub proxystore_name: Option<String>,
     /// Log filter (`tracing` env-filter syntax), e.g. `info` or `proxymesh_daemon=debug`.
     pub log: String,
+    /// Relay multiaddrs (each ending in `/p2p/<relay peer id>`); joins the mesh.
+    pub relays: Vec<String>,
+    /// Mesh listen port for QUIC and TCP (`None` without relays: no mesh).
+    pub listen_port: Option<u16>,
+    /// Mesh listen address.
+    pub listen_host: std::net::IpAddr,
+    /// Addresses this daemon is reachable at, if known (e.g. a public IP).
+    pub external_addresses: Vec<String>,
+    /// Seconds to wait for a first connection to a peer.
+    pub connect_timeout: f64,
+    /// Seconds to wait for a hole-punched direct connection before using the relay.
+    pub hole_punch_timeout: f64,
+    /// Seconds without bytes before a remote transfer is abandoned.
+    pub idle_timeout: f64,
+    /// Bytes of fetched copies of other sites' objects kept.
+    #[serde(with = "size")]
+    pub cache_cap: u64,
 }
 
 impl Default for Config {
@@ -63,6 +89,14 @@ impl Default for Config {
             persist: false,
             proxystore_name: None,
             log: "info".into(),
+            relays: Vec::new(),
+            listen_port: None,
+            listen_host: std::net::IpAddr::from([0, 0, 0, 0]),
+            external_addresses: Vec::new(),
+            connect_timeout: 20.0,
+            hole_punch_timeout: 8.0,
+            idle_timeout: 10.0,
+            cache_cap: 4 << 30,
         }
     }
 }
@@ -103,7 +137,54 @@ impl Config {
         if self.max_object_size == Some(0) {
             bail!("max_object_size must be positive (omit it for unlimited)");
         }
+        for (name, v) in [
+            ("connect_timeout", self.connect_timeout),
+            ("hole_punch_timeout", self.hole_punch_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{name} must be a positive number of seconds (got {v})");
+            }
+        }
+        self.mesh()?;
         Ok(())
+    }
+
+    /// The mesh settings, or `None` when the daemon runs alone (no relays
+    /// and no listen port).
+    pub fn mesh(&self) -> anyhow::Result<Option<crate::mesh::MeshConfig>> {
+        use std::time::Duration;
+        if self.relays.is_empty() && self.listen_port.is_none() {
+            return Ok(None);
+        }
+        let parse = |what: &str, a: &String| -> anyhow::Result<libp2p::Multiaddr> {
+            a.parse()
+                .map_err(|e| anyhow::anyhow!("invalid {what} {a:?}: {e} (expected a multiaddr like /ip4/1.2.3.4/udp/4001/quic-v1/p2p/12D3KooW...)"))
+        };
+        let relays = self
+            .relays
+            .iter()
+            .map(|a| parse("relay address", a))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        crate::mesh::swarm::relay_slots(&relays).map_err(anyhow::Error::msg)?;
+        let external_addrs = self
+            .external_addresses
+            .iter()
+            .map(|a| parse("external address", a))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Some(crate::mesh::MeshConfig {
+            relays,
+            listen_host: self.listen_host,
+            listen_port: self.listen_port.unwrap_or(4002),
+            external_addrs,
+            connect_timeout: Duration::from_secs_f64(self.connect_timeout),
+            hole_punch_timeout: Duration::from_secs_f64(self.hole_punch_timeout),
+            fetch: crate::mesh::fetcher::FetchConfig {
+                idle_timeout: Duration::from_secs_f64(self.idle_timeout),
+                cache_cap: self.cache_cap,
+                ..Default::default()
+            },
+        }))
     }
 
     /// The storage engine's settings.
@@ -229,6 +310,34 @@ mod tests {
         assert!(Config::from_toml("api = \"nowhere\"").is_err());
         assert!(Config::from_toml("proxystore_name = \"bad name\"").is_err());
         assert!(Config::from_toml("max_object_size = 0").is_err());
+        assert!(Config::from_toml("relays = [\"not an address\"]").is_err());
+        assert!(
+            Config::from_toml("relays = [\"/ip4/1.2.3.4/tcp/4001\"]").is_err(),
+            "relay needs /p2p/"
+        );
+        assert!(Config::from_toml("idle_timeout = 0").is_err());
+    }
+
+    #[test]
+    fn mesh_is_on_with_relays_or_a_port() {
+        assert!(Config::default().mesh().unwrap().is_none());
+        let cfg = Config {
+            listen_port: Some(0),
+            ..Config::default()
+        };
+        assert_eq!(cfg.mesh().unwrap().unwrap().listen_port, 0);
+        let relay = format!(
+            "/ip4/10.0.0.1/udp/4001/quic-v1/p2p/{}",
+            libp2p::PeerId::random()
+        );
+        let cfg = Config::from_toml(&format!("relays = [\"{relay}\"]\nhole_punch_timeout = 2.5"))
+            .unwrap();
+        let mesh = cfg.mesh().unwrap().unwrap();
+        assert_eq!(mesh.relays.len(), 1);
+        assert_eq!(
+            mesh.hole_punch_timeout,
+            std::time::Duration::from_millis(2500)
+        );
     }
 
     #[test]

@@ -7,8 +7,6 @@
 //! Also the data directory lock, so two daemons never share one directory.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
@@ -39,23 +37,8 @@ impl Identity {
     pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-        let key_path = dir.join(KEY_FILE);
-        let keypair = if key_path.exists() {
-            let bytes = fs::read(&key_path)
-                .with_context(|| format!("cannot read {}", key_path.display()))?;
-            Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
-                anyhow::anyhow!(
-                    "identity file {} is damaged ({e}); restore it from a backup, or delete it to start a \
-                     new identity (tickets of the old one stop working)",
-                    key_path.display()
-                )
-            })?
-        } else {
-            let kp = Keypair::generate_ed25519();
-            let bytes = kp.to_protobuf_encoding().context("cannot encode keypair")?;
-            write_new(&key_path, &bytes, 0o600)?;
-            kp
-        };
+        let keypair =
+            proxymesh::keyfile::load_or_create(&dir.join(KEY_FILE)).map_err(anyhow::Error::msg)?;
         let uuid_path = dir.join(UUID_FILE);
         let uuid = if uuid_path.exists() {
             let text = fs::read_to_string(&uuid_path)
@@ -64,27 +47,12 @@ impl Identity {
                 .with_context(|| format!("endpoint UUID file {} is damaged", uuid_path.display()))?
         } else {
             let u = Uuid::new_v4();
-            write_new(&uuid_path, format!("{u}\n").as_bytes(), 0o644)?;
+            proxymesh::keyfile::write_atomic(&uuid_path, format!("{u}\n").as_bytes(), 0o644)
+                .map_err(anyhow::Error::msg)?;
             u
         };
         Ok(Self { keypair, uuid })
     }
-}
-
-/// Write a new file atomically (temp + rename) with `mode` permissions.
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot create {}", path.display()))?;
-    Ok(())
 }
 
 /// An exclusive lock on a data directory, held for the daemon's lifetime.

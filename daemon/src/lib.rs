@@ -5,13 +5,18 @@
 //! API; it keeps them in memory, spilling large objects and overflow to its
 //! data directory, and answers gets by streaming them back. Each daemon has a
 //! persistent libp2p identity: its peer ID is part of every key it hands out,
-//! so a key says which site holds the bytes. The daemon also serves
+//! so a key says which site holds the bytes. With relays configured, daemons
+//! form a mesh: a get of another site's key makes this daemon dial that
+//! site's daemon (through a relay, then hole-punched direct), stream the
+//! bytes straight from it, verify and cache them. The daemon also serves
 //! ProxyStore 1.x's endpoint REST routes, so Python ProxyStore code can use it.
 //!
 //! Modules, one concern each:
 //! - [`config`]: defaults, TOML file, environment and flags;
 //! - [`identity`]: the persistent keypair, endpoint UUID and data-dir lock;
 //! - [`storage`]: the streaming object store (no sockets);
+//! - [`mesh`]: the libp2p node (relays, hole punching, discovery) and the
+//!   fetch protocol that moves objects between daemons;
 //! - [`api`]: the HTTP routes;
 //! - [`cli`]: the `proxymesh` client command line.
 //!
@@ -39,6 +44,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod identity;
+pub mod mesh;
 pub mod storage;
 
 use api::AppState;
@@ -67,9 +73,22 @@ impl Daemon {
         config.validate()?;
         let lock = DirLock::acquire(&config.data_dir)?;
         let identity = Identity::load_or_create(&config.data_dir)?;
-        let storage = Storage::open(config.storage())
-            .await
-            .with_context(|| format!("cannot open storage in {}", config.data_dir.display()))?;
+        let storage =
+            Arc::new(Storage::open(config.storage()).await.with_context(|| {
+                format!("cannot open storage in {}", config.data_dir.display())
+            })?);
+        let mesh = match config.mesh()? {
+            Some(mesh_config) => Some(
+                mesh::Mesh::start(
+                    identity.keypair.clone(),
+                    identity.uuid.to_string(),
+                    storage.clone(),
+                    mesh_config,
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(config.api).await.with_context(|| {
             format!(
                 "cannot listen on {} (is another proxymeshd running there? pick another with --api)",
@@ -83,6 +102,7 @@ impl Daemon {
         }
         let state = Arc::new(AppState {
             storage,
+            mesh,
             peer_id: identity.peer_id(),
             uuid: identity.uuid,
             started: Instant::now(),
@@ -132,6 +152,11 @@ impl Daemon {
         &self.state.storage
     }
 
+    /// The mesh node, when the daemon joined a mesh.
+    pub fn mesh(&self) -> Option<&mesh::Mesh> {
+        self.state.mesh.as_ref()
+    }
+
     /// Stop serving (in-flight requests get [`SHUTDOWN_GRACE`]) and clean up
     /// storage (objects are removed unless `persist` is set).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
@@ -146,6 +171,9 @@ impl Daemon {
                 );
                 self.server.abort();
             }
+        }
+        if let Some(mesh) = &self.state.mesh {
+            mesh.shutdown();
         }
         self.state.storage.shutdown().await?;
         tracing::info!("proxymeshd stopped");

@@ -20,8 +20,10 @@
 //!
 //! `{key}` is a ticket (see [`Key`]) or, for objects of this daemon, a bare
 //! 32-hex object ID. Every error is a JSON [`ApiError`] with a 4xx/5xx status:
-//! 400 malformed input, 404 missing object, 409 key of another daemon,
-//! 413 over the size limit, 507 disk full.
+//! 400 malformed input, 404 missing object, 409 key of another daemon (when
+//! this daemon is not in a mesh), 413 over the size limit, 502 the daemon
+//! holding the object is unreachable or failed, 504 it timed out, 507 disk
+//! full. Gets of another daemon's object carry [`PATH_HEADER`].
 
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +86,91 @@ pub struct Status {
     pub api: String,
     /// Seconds since start.
     pub uptime_secs: u64,
+    /// The daemon's place in the mesh; absent when it runs without relays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshStatus>,
 }
+
+/// The daemon's view of the mesh.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeshStatus {
+    /// Addresses the daemon listens on.
+    pub listen_addrs: Vec<String>,
+    /// Addresses others can reach it at (confirmed external and relay circuits).
+    pub external_addrs: Vec<String>,
+    /// The relays it keeps reservations with.
+    pub relays: Vec<RelayStatus>,
+    /// Peers with open connections.
+    pub peers: Vec<PeerStatus>,
+    /// Other daemons known through the relays' discovery.
+    pub discovered: Vec<DiscoveredPeer>,
+}
+
+/// One relay and the daemon's reservation there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayStatus {
+    /// The relay's address as configured.
+    pub addr: String,
+    /// Whether a reservation is currently held.
+    pub reserved: bool,
+    /// The relay circuit address others dial, when reserved.
+    pub circuit_addr: Option<String>,
+}
+
+/// A connected peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer ID.
+    pub peer_id: String,
+    /// Its open connections.
+    pub connections: Vec<ConnectionStatus>,
+}
+
+/// One connection to a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionStatus {
+    /// `direct` or `relayed`.
+    pub path: Path,
+    /// `quic` or `tcp` (for a relayed connection: the transport to the relay).
+    pub transport: Transport,
+    /// The remote address.
+    pub remote_addr: String,
+}
+
+/// How a connection reaches its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    /// Straight to the peer (on the same network, or hole-punched).
+    Direct,
+    /// Through a relay circuit.
+    Relayed,
+}
+
+/// The transport carrying a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC over UDP.
+    Quic,
+    /// TCP (Noise + Yamux).
+    Tcp,
+}
+
+/// Another daemon of the mesh, found through a relay's discovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveredPeer {
+    /// Its peer ID.
+    pub peer_id: String,
+    /// Its ProxyStore endpoint UUID, when it registered one.
+    pub uuid: Option<String>,
+    /// Addresses it registered.
+    pub addrs: Vec<String>,
+}
+
+/// Response header on remote gets: how the bytes reached this daemon
+/// (`direct/quic`, `relayed/tcp`, or `cache`).
+pub const PATH_HEADER: &str = "x-proxymesh-path";
 
 /// Answer to a put: the new object's key and what was stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +241,14 @@ pub enum ErrorCode {
     IncompleteBody,
     /// The daemon's disk is full.
     StorageFull,
+    /// The daemon holding the object could not be reached.
+    Unreachable,
+    /// The daemon holding the object did not answer in time.
+    TimedOut,
+    /// The object arrived corrupt or truncated from the daemon holding it.
+    Corrupt,
+    /// The daemon holding the object refused or broke the request.
+    PeerError,
     /// Anything else (I/O failure on the daemon's side).
     Internal,
 }

@@ -73,6 +73,7 @@ pub mod connector;
 mod error;
 pub mod factory;
 mod key;
+pub mod keyfile;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

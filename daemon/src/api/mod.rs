@@ -31,7 +31,9 @@ const JSON_LIMIT: usize = 16 << 20;
 #[derive(Debug)]
 pub struct AppState {
     /// The object store.
-    pub storage: Storage,
+    pub storage: Arc<Storage>,
+    /// The mesh node, when the daemon joined a mesh.
+    pub mesh: Option<crate::mesh::Mesh>,
     /// This daemon's peer ID.
     pub peer_id: PeerId,
     /// This daemon's ProxyStore endpoint UUID.
@@ -150,6 +152,27 @@ impl From<StorageError> for Failure {
             tracing::warn!(error = %e, "request refused");
         }
         Self::new(status, code, format!("{e}; nothing was stored"))
+    }
+}
+
+impl From<crate::mesh::MeshError> for Failure {
+    fn from(e: crate::mesh::MeshError) -> Self {
+        use crate::mesh::MeshError as M;
+        let (status, code) = match &e {
+            M::NotFound { .. } => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            M::Unreachable { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::Unreachable),
+            M::TimedOut { .. } => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::TimedOut),
+            M::Corrupt { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::Corrupt),
+            M::Refused { .. } | M::Protocol { .. } => {
+                (StatusCode::BAD_GATEWAY, ErrorCode::PeerError)
+            }
+            M::Storage(_) => {
+                let M::Storage(inner) = e else { unreachable!() };
+                return inner.into();
+            }
+        };
+        tracing::warn!(error = %e, "remote operation failed");
+        Self::new(status, code, e.to_string())
     }
 }
 

@@ -15,19 +15,40 @@ use proxymesh::api::{
 use proxymesh::{Key, ObjectId};
 
 use super::{declared_len, store_body, AppState, Failure, STREAM_CHUNK};
+use crate::mesh::fetcher::Fetched;
+use crate::mesh::protocol::RemoteName;
+use crate::mesh::Mesh;
 use crate::storage::{ObjectName, ObjectReader};
 
 type St = State<Arc<AppState>>;
 
-/// Resolve a key to a name in this daemon's store, refusing keys of other daemons.
-fn local_name(state: &AppState, key: &Key) -> Result<ObjectName, Failure> {
+/// Where a request's object lives.
+pub enum Target {
+    /// In this daemon's store.
+    Local(ObjectName),
+    /// At another daemon, reached through the mesh.
+    Remote {
+        /// The daemon holding it.
+        peer: libp2p::PeerId,
+        /// The object.
+        id: ObjectId,
+        /// Addresses from the key (relay circuits).
+        addrs: Vec<libp2p::Multiaddr>,
+    },
+}
+
+/// Resolve a key: this daemon's objects are local; another daemon's go
+/// through the mesh (or are refused with 409 when there is none).
+fn target_of(state: &AppState, key: &Key) -> Result<Target, Failure> {
     match key.peer {
-        Some(p) if p == state.peer_id => Ok(ObjectName::Native(key.id)),
+        Some(p) if p == state.peer_id => Ok(Target::Local(ObjectName::Native(key.id))),
+        Some(p) if state.mesh.is_some() => Ok(Target::Remote { peer: p, id: key.id, addrs: key.addrs.clone() }),
         Some(p) => Err(Failure::new(
             StatusCode::CONFLICT,
             api::ErrorCode::WrongPeer,
             format!(
-                "object {} lives at peer {p}, not at this daemon ({}); fetching from other sites needs the mesh",
+                "object {} lives at peer {p}, not at this daemon ({}), and this daemon is not in a mesh \
+                 (start it with --relay to fetch from other sites)",
                 key.id, state.peer_id
             ),
         )),
@@ -37,15 +58,56 @@ fn local_name(state: &AppState, key: &Key) -> Result<ObjectName, Failure> {
     }
 }
 
-fn parse_segment(state: &AppState, segment: &str) -> Result<ObjectName, Failure> {
+fn parse_segment(state: &AppState, segment: &str) -> Result<Target, Failure> {
     match api::parse_key_segment(segment).map_err(|e| Failure::bad_request(e.to_string()))? {
-        KeySegment::Bare(id) => Ok(ObjectName::Native(id)),
-        KeySegment::Ticket(key) => local_name(state, &key),
+        KeySegment::Bare(id) => Ok(Target::Local(ObjectName::Native(id))),
+        KeySegment::Ticket(key) => target_of(state, &key),
     }
 }
 
+fn mesh(state: &AppState) -> &Mesh {
+    state
+        .mesh
+        .as_ref()
+        .expect("remote targets exist only with a mesh")
+}
+
+/// Render a remote object: a cached copy, or the bytes as they arrive.
+pub fn fetched_response(fetched: Fetched) -> Response {
+    let path = match &fetched {
+        Fetched::Cached { .. } => "cache".to_string(),
+        Fetched::Streaming { path, .. } => path.to_string(),
+    };
+    let mut resp = match fetched {
+        Fetched::Cached { reader } => object_response(reader),
+        Fetched::Streaming {
+            size, hash, body, ..
+        } => {
+            let mut resp = Response::new(Body::from_stream(body));
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            if let Ok(v) = HeaderValue::from_str(hash.to_hex().as_str()) {
+                h.insert(api::HASH_HEADER, v);
+            }
+            resp
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&path) {
+        resp.headers_mut().insert(api::PATH_HEADER, v);
+    }
+    resp
+}
+
 fn key_for(state: &AppState, id: ObjectId) -> Key {
-    Key::on_peer(id, state.peer_id)
+    let mut key = Key::on_peer(id, state.peer_id);
+    if let Some(mesh) = &state.mesh {
+        key.addrs = mesh.advertised_addrs();
+    }
+    key
 }
 
 fn put_response(state: &AppState, id: ObjectId, meta: &crate::storage::ObjectMeta) -> PutResponse {
@@ -74,6 +136,7 @@ pub async fn status(State(state): St) -> Json<Status> {
         data_dir: state.data_dir.clone(),
         api: state.api_addr.clone(),
         uptime_secs: state.started.elapsed().as_secs(),
+        mesh: state.mesh.as_ref().map(Mesh::status),
     })
 }
 
@@ -104,13 +167,19 @@ pub async fn set(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<PutResponse>, Failure> {
-    let name = parse_segment(&state, &segment)?;
-    let ObjectName::Native(id) = name else {
-        unreachable!("native routes only make native names")
-    };
+    let id =
+        match parse_segment(&state, &segment)? {
+            Target::Local(ObjectName::Native(id)) => id,
+            Target::Local(_) => unreachable!("native routes only make native names"),
+            Target::Remote { .. } => return Err(Failure::new(
+                StatusCode::CONFLICT,
+                api::ErrorCode::WrongPeer,
+                "this key names another daemon; put objects at your own daemon and share the key",
+            )),
+        };
     let meta = store_body(
         &state.storage,
-        name,
+        ObjectName::Native(id),
         declared_len(&headers),
         body.into_data_stream(),
     )
@@ -140,24 +209,60 @@ pub fn object_response(reader: ObjectReader) -> Response {
 
 /// `GET /v1/objects/{key}`.
 pub async fn get(State(state): St, Path(segment): Path<String>) -> Result<Response, Failure> {
-    let name = parse_segment(&state, &segment)?;
-    match state.storage.open_reader(&name).await? {
-        Some(reader) => Ok(object_response(reader)),
-        None => Err(Failure::not_found(&segment)),
+    match parse_segment(&state, &segment)? {
+        Target::Local(name) => match state.storage.open_reader(&name).await? {
+            Some(reader) => Ok(object_response(reader)),
+            None => Err(Failure::not_found(&segment)),
+        },
+        Target::Remote { peer, id, addrs } => {
+            let fetched = mesh(&state)
+                .fetcher()
+                .get(peer, RemoteName::Native(id), &addrs)
+                .await?;
+            Ok(fetched_response(fetched))
+        }
     }
 }
 
 /// `HEAD /v1/objects/{key}`.
 pub async fn head(State(state): St, Path(segment): Path<String>) -> Result<Response, Failure> {
-    let name = parse_segment(&state, &segment)?;
-    let meta = state
-        .storage
-        .meta(&name)
-        .ok_or_else(|| Failure::not_found(&segment))?;
-    let mut resp = StatusCode::OK.into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
-    Ok(resp)
+    let target = parse_segment(&state, &segment)?;
+    match &target {
+        Target::Local(name) => {
+            let meta = state
+                .storage
+                .meta(name)
+                .ok_or_else(|| Failure::not_found(&segment))?;
+            let mut resp = StatusCode::OK.into_response();
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
+            Ok(resp)
+        }
+        Target::Remote { .. } if exists_target(&state, &target).await? => {
+            Ok(StatusCode::OK.into_response())
+        }
+        Target::Remote { .. } => Err(Failure::not_found(&segment)),
+    }
+}
+
+async fn exists_target(state: &AppState, target: &Target) -> Result<bool, Failure> {
+    match target {
+        Target::Local(name) => Ok(state.storage.contains(name)),
+        Target::Remote { peer, id, addrs } => Ok(mesh(state)
+            .fetcher()
+            .exists(*peer, RemoteName::Native(*id), addrs)
+            .await?),
+    }
+}
+
+async fn evict_target(state: &AppState, target: &Target) -> Result<bool, Failure> {
+    match target {
+        Target::Local(name) => Ok(state.storage.evict(name).await?),
+        Target::Remote { peer, id, addrs } => Ok(mesh(state)
+            .fetcher()
+            .evict(*peer, RemoteName::Native(*id), addrs)
+            .await?),
+    }
 }
 
 /// `DELETE /v1/objects/{key}`.
@@ -165,8 +270,7 @@ pub async fn evict(
     State(state): St,
     Path(segment): Path<String>,
 ) -> Result<Json<EvictResponse>, Failure> {
-    let name = parse_segment(&state, &segment)?;
-    let evicted = state.storage.evict(&name).await?;
+    let evicted = evict_target(&state, &parse_segment(&state, &segment)?).await?;
     Ok(Json(EvictResponse { evicted }))
 }
 
@@ -215,8 +319,8 @@ async fn batch_put_inner(
     Ok(Json(KeysResponse { keys }))
 }
 
-fn names(state: &AppState, req: &KeysRequest) -> Result<Vec<ObjectName>, Failure> {
-    req.keys.iter().map(|k| local_name(state, k)).collect()
+fn targets(state: &AppState, req: &KeysRequest) -> Result<Vec<Target>, Failure> {
+    req.keys.iter().map(|k| target_of(state, k)).collect()
 }
 
 /// `POST /v1/batch/get`.
@@ -225,8 +329,26 @@ pub async fn batch_get(
     Json(req): Json<KeysRequest>,
 ) -> Result<Response, Failure> {
     let mut out = Vec::new();
-    for name in names(&state, &req)? {
-        match state.storage.open_reader(&name).await? {
+    for target in targets(&state, &req)? {
+        let reader = match target {
+            Target::Local(name) => state.storage.open_reader(&name).await?,
+            Target::Remote { peer, id, addrs } => {
+                match mesh(&state)
+                    .fetcher()
+                    .get(peer, RemoteName::Native(id), &addrs)
+                    .await
+                {
+                    Ok(fetched) => {
+                        let bytes = collect(fetched).await?;
+                        api::write_batch_item(&mut out, Some(&bytes));
+                        continue;
+                    }
+                    Err(crate::mesh::MeshError::NotFound { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        match reader {
             Some(r) => api::write_batch_item(
                 &mut out,
                 Some(
@@ -246,10 +368,10 @@ pub async fn batch_exists(
     State(state): St,
     Json(req): Json<KeysRequest>,
 ) -> Result<Json<ExistsBatchResponse>, Failure> {
-    let exists = names(&state, &req)?
-        .iter()
-        .map(|n| state.storage.contains(n))
-        .collect();
+    let mut exists = Vec::with_capacity(req.keys.len());
+    for t in targets(&state, &req)? {
+        exists.push(exists_target(&state, &t).await?);
+    }
     Ok(Json(ExistsBatchResponse { exists }))
 }
 
@@ -259,8 +381,27 @@ pub async fn batch_evict(
     Json(req): Json<KeysRequest>,
 ) -> Result<Json<EvictBatchResponse>, Failure> {
     let mut evicted = Vec::with_capacity(req.keys.len());
-    for name in names(&state, &req)? {
-        evicted.push(state.storage.evict(&name).await?);
+    for t in targets(&state, &req)? {
+        evicted.push(evict_target(&state, &t).await?);
     }
     Ok(Json(EvictBatchResponse { evicted }))
+}
+
+/// All the bytes of a fetched object (batch gets are for small objects).
+async fn collect(fetched: Fetched) -> Result<bytes::Bytes, Failure> {
+    use futures::TryStreamExt;
+    let io = |e: std::io::Error| Failure::from(crate::storage::StorageError::Io(e));
+    match fetched {
+        Fetched::Cached { reader } => reader.read_all().await.map_err(io),
+        Fetched::Streaming { body, .. } => {
+            let chunks: Vec<bytes::Bytes> = body.try_collect().await.map_err(|e| {
+                Failure::new(
+                    StatusCode::BAD_GATEWAY,
+                    api::ErrorCode::PeerError,
+                    format!("remote transfer failed: {e}"),
+                )
+            })?;
+            Ok(bytes::Bytes::from(chunks.concat()))
+        }
+    }
 }

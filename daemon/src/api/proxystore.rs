@@ -1,7 +1,9 @@
 //! ProxyStore 1.x endpoint routes (`/`, `/endpoint`, `/exists`, `/get`,
 //! `/set`, `/evict`), so Python ProxyStore's `EndpointConnector` can use this
 //! daemon unchanged. Keys are ProxyStore's own strings, stored in their own
-//! namespace. Errors are plain text, as ProxyStore's endpoint answers them.
+//! namespace. `endpoint=UUID` naming another daemon of the mesh (found
+//! through the relays' discovery) forwards the request there, as ProxyStore
+//! endpoints do. Errors are plain text, as ProxyStore's endpoint answers them.
 
 use std::sync::Arc;
 
@@ -14,8 +16,11 @@ use futures::StreamExt;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{declared_len, native::object_response, store_body, AppState, Failure};
-use crate::storage::ObjectName;
+use super::native::{fetched_response, object_response};
+use super::{declared_len, store_body, AppState, Failure};
+use crate::mesh::protocol::RemoteName;
+use crate::mesh::MeshError;
+use crate::storage::{ObjectName, ObjectReader};
 
 /// Longest accepted ProxyStore key.
 const MAX_KEY_LEN: usize = 1024;
@@ -42,43 +47,92 @@ impl From<Failure> for PsError {
     }
 }
 
+impl From<MeshError> for PsError {
+    fn from(e: MeshError) -> Self {
+        Failure::from(e).into()
+    }
+}
+
+/// Where a ProxyStore request goes.
+enum Target {
+    /// This daemon.
+    Local(ObjectName),
+    /// Another daemon of the mesh, by its endpoint UUID.
+    Remote {
+        peer: libp2p::PeerId,
+        addrs: Vec<libp2p::Multiaddr>,
+        name: RemoteName,
+    },
+}
+
 impl KeyQuery {
     /// Validate the query: a non-empty key, and an `endpoint` that, when
-    /// given, is a UUID naming this daemon.
-    fn name(&self, state: &AppState) -> Result<ObjectName, PsError> {
-        if let Some(ep) = &self.endpoint {
-            let uuid = Uuid::parse_str(ep).map_err(|_| {
-                PsError(
-                    StatusCode::BAD_REQUEST,
-                    format!("endpoint {ep:?} is not a valid UUID"),
-                )
-            })?;
-            if uuid != state.uuid {
+    /// given, is a UUID naming this daemon or one found in the mesh.
+    async fn target(&self, state: &AppState) -> Result<Target, PsError> {
+        let key = match &self.key {
+            None => {
                 return Err(PsError(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "endpoint {uuid} is not this endpoint ({}) and is not reachable from it",
-                        state.uuid
-                    ),
-                ));
+                    StatusCode::BAD_REQUEST,
+                    "request is missing the key parameter".into(),
+                ))
             }
+            Some(k) if k.is_empty() => {
+                return Err(PsError(
+                    StatusCode::BAD_REQUEST,
+                    "key must not be empty".into(),
+                ))
+            }
+            Some(k) if k.len() > MAX_KEY_LEN => {
+                return Err(PsError(
+                    StatusCode::BAD_REQUEST,
+                    format!("key is {} bytes long; the limit is {MAX_KEY_LEN}", k.len()),
+                ))
+            }
+            Some(k) => k.clone(),
+        };
+        let Some(ep) = &self.endpoint else {
+            return Ok(Target::Local(ObjectName::Endpoint(key)));
+        };
+        let uuid = Uuid::parse_str(ep).map_err(|_| {
+            PsError(
+                StatusCode::BAD_REQUEST,
+                format!("endpoint {ep:?} is not a valid UUID"),
+            )
+        })?;
+        if uuid == state.uuid {
+            return Ok(Target::Local(ObjectName::Endpoint(key)));
         }
-        match &self.key {
+        let found = match &state.mesh {
+            Some(mesh) => mesh.find_endpoint(&uuid.to_string()).await,
+            None => None,
+        };
+        match found {
+            Some((peer, addrs)) => Ok(Target::Remote {
+                peer,
+                addrs,
+                name: RemoteName::Endpoint(key),
+            }),
             None => Err(PsError(
-                StatusCode::BAD_REQUEST,
-                "request is missing the key parameter".into(),
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "endpoint {uuid} is not this endpoint ({}) and {}",
+                    state.uuid,
+                    if state.mesh.is_some() {
+                        "no daemon of the mesh registered it"
+                    } else {
+                        "this daemon is not in a mesh (start it with --relay)"
+                    }
+                ),
             )),
-            Some(k) if k.is_empty() => Err(PsError(
-                StatusCode::BAD_REQUEST,
-                "key must not be empty".into(),
-            )),
-            Some(k) if k.len() > MAX_KEY_LEN => Err(PsError(
-                StatusCode::BAD_REQUEST,
-                format!("key is {} bytes long; the limit is {MAX_KEY_LEN}", k.len()),
-            )),
-            Some(k) => Ok(ObjectName::Endpoint(k.clone())),
         }
     }
+}
+
+fn mesh(state: &AppState) -> &crate::mesh::Mesh {
+    state
+        .mesh
+        .as_ref()
+        .expect("remote targets exist only with a mesh")
 }
 
 /// `GET /endpoint`.
@@ -91,8 +145,13 @@ pub async fn exists(
     State(state): State<Arc<AppState>>,
     Query(q): Query<KeyQuery>,
 ) -> Result<Response, PsError> {
-    let name = q.name(&state)?;
-    Ok(Json(serde_json::json!({ "exists": state.storage.contains(&name) })).into_response())
+    let exists = match q.target(&state).await? {
+        Target::Local(name) => state.storage.contains(&name),
+        Target::Remote { peer, addrs, name } => {
+            mesh(&state).fetcher().exists(peer, name, &addrs).await?
+        }
+    };
+    Ok(Json(serde_json::json!({ "exists": exists })).into_response())
 }
 
 /// `GET /get?key=K`: streamed bytes, 404 when missing.
@@ -100,18 +159,24 @@ pub async fn get(
     State(state): State<Arc<AppState>>,
     Query(q): Query<KeyQuery>,
 ) -> Result<Response, PsError> {
-    let name = q.name(&state)?;
-    match state
-        .storage
-        .open_reader(&name)
-        .await
-        .map_err(Failure::from)?
-    {
-        Some(reader) => Ok(object_response(reader)),
-        None => Err(PsError(
-            StatusCode::NOT_FOUND,
-            "no object with that key".into(),
-        )),
+    let missing = || PsError(StatusCode::NOT_FOUND, "no object with that key".into());
+    match q.target(&state).await? {
+        Target::Local(name) => match state
+            .storage
+            .open_reader(&name)
+            .await
+            .map_err(Failure::from)?
+        {
+            Some(reader) => Ok(object_response(reader)),
+            None => Err(missing()),
+        },
+        Target::Remote { peer, addrs, name } => {
+            match mesh(&state).fetcher().get(peer, name, &addrs).await {
+                Ok(fetched) => Ok(fetched_response(fetched)),
+                Err(MeshError::NotFound { .. }) => Err(missing()),
+                Err(e) => Err(e.into()),
+            }
+        }
     }
 }
 
@@ -122,7 +187,7 @@ pub async fn set(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, PsError> {
-    let name = q.name(&state)?;
+    let target = q.target(&state).await?;
     let declared = declared_len(&headers);
     if declared == Some(0) {
         return Err(PsError(
@@ -146,9 +211,50 @@ pub async fn set(
             Some(Ok(chunk)) => break chunk,
         }
     };
-    let body = futures::stream::once(async move { Ok(first) }).chain(stream);
-    store_body(&state.storage, name, declared, Box::pin(body)).await?;
+    let body = Box::pin(futures::stream::once(async move { Ok(first) }).chain(stream));
+    match target {
+        Target::Local(name) => {
+            store_body(&state.storage, name, declared, body).await?;
+        }
+        Target::Remote { peer, addrs, name } => {
+            // The fetch protocol announces sizes up front and ProxyStore
+            // sends chunked bodies: stage the object here, then forward it.
+            let staging =
+                ObjectName::Endpoint(format!("\0forward/{}", proxymesh::ObjectId::random()));
+            let meta = store_body(&state.storage, staging.clone(), declared, body).await?;
+            let result = match state
+                .storage
+                .open_reader(&staging)
+                .await
+                .map_err(Failure::from)?
+            {
+                Some(reader) => forward(&state, peer, &addrs, name, reader, meta.size).await,
+                None => Err(PsError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "staged object vanished".into(),
+                )),
+            };
+            let _ = state.storage.evict(&staging).await;
+            result?;
+        }
+    }
     Ok(StatusCode::OK.into_response())
+}
+
+async fn forward(
+    state: &AppState,
+    peer: libp2p::PeerId,
+    addrs: &[libp2p::Multiaddr],
+    name: RemoteName,
+    reader: ObjectReader,
+    size: u64,
+) -> Result<(), PsError> {
+    let body = reader.into_stream(super::STREAM_CHUNK);
+    mesh(state)
+        .fetcher()
+        .put(peer, name, addrs, body, size)
+        .await?;
+    Ok(())
 }
 
 /// `POST /evict?key=K`: 200 even when the key is missing.
@@ -156,7 +262,13 @@ pub async fn evict(
     State(state): State<Arc<AppState>>,
     Query(q): Query<KeyQuery>,
 ) -> Result<Response, PsError> {
-    let name = q.name(&state)?;
-    state.storage.evict(&name).await.map_err(Failure::from)?;
+    match q.target(&state).await? {
+        Target::Local(name) => {
+            state.storage.evict(&name).await.map_err(Failure::from)?;
+        }
+        Target::Remote { peer, addrs, name } => {
+            mesh(&state).fetcher().evict(peer, name, &addrs).await?;
+        }
+    }
     Ok(StatusCode::OK.into_response())
 }

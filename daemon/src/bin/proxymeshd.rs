@@ -47,6 +47,42 @@ struct Args {
     /// Log filter, e.g. info, debug, proxymesh_daemon=trace [default: info].
     #[arg(long, env = "PROXYMESHD_LOG", value_name = "FILTER")]
     log: Option<String>,
+    /// Join the mesh through this relay (a multiaddr ending in /p2p/<relay id>).
+    /// Repeatable: several relays, or one relay's QUIC and TCP addresses.
+    #[arg(
+        long = "relay",
+        env = "PROXYMESHD_RELAYS",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    relays: Vec<String>,
+    /// Mesh port for QUIC (UDP) and TCP, fixed so hole punching works; also
+    /// enables the mesh without relays (direct connections only) [default: 4002].
+    #[arg(long, env = "PROXYMESHD_LISTEN_PORT", value_name = "PORT")]
+    listen_port: Option<u16>,
+    /// Mesh listen address [default: 0.0.0.0].
+    #[arg(long, env = "PROXYMESHD_LISTEN_HOST", value_name = "IP")]
+    listen_host: Option<std::net::IpAddr>,
+    /// An address this daemon is reachable at (repeatable), e.g. a public IP's multiaddr.
+    #[arg(
+        long = "external-address",
+        env = "PROXYMESHD_EXTERNAL_ADDRESSES",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    external_addresses: Vec<String>,
+    /// Seconds to wait for a first connection to a peer [default: 20].
+    #[arg(long, env = "PROXYMESHD_CONNECT_TIMEOUT", value_name = "SECS")]
+    connect_timeout: Option<f64>,
+    /// Seconds to wait for a hole-punched direct connection before transferring over the relay [default: 8].
+    #[arg(long, env = "PROXYMESHD_HOLE_PUNCH_TIMEOUT", value_name = "SECS")]
+    hole_punch_timeout: Option<f64>,
+    /// Seconds without bytes before a remote transfer is abandoned [default: 10].
+    #[arg(long, env = "PROXYMESHD_IDLE_TIMEOUT", value_name = "SECS")]
+    idle_timeout: Option<f64>,
+    /// Bytes of fetched copies of other sites' objects kept [default: 4GiB].
+    #[arg(long, env = "PROXYMESHD_CACHE_CAP", value_name = "SIZE", value_parser = parse_size)]
+    cache_cap: Option<u64>,
     /// Worker threads of the async runtime (1 = single-threaded) [default: number of cores].
     #[arg(long, env = "PROXYMESHD_THREADS", value_name = "N")]
     threads: Option<usize>,
@@ -84,6 +120,30 @@ impl Args {
         }
         if let Some(v) = self.log {
             cfg.log = v;
+        }
+        if !self.relays.is_empty() {
+            cfg.relays = self.relays;
+        }
+        if let Some(v) = self.listen_port {
+            cfg.listen_port = Some(v);
+        }
+        if let Some(v) = self.listen_host {
+            cfg.listen_host = v;
+        }
+        if !self.external_addresses.is_empty() {
+            cfg.external_addresses = self.external_addresses;
+        }
+        if let Some(v) = self.connect_timeout {
+            cfg.connect_timeout = v;
+        }
+        if let Some(v) = self.hole_punch_timeout {
+            cfg.hole_punch_timeout = v;
+        }
+        if let Some(v) = self.idle_timeout {
+            cfg.idle_timeout = v;
+        }
+        if let Some(v) = self.cache_cap {
+            cfg.cache_cap = v;
         }
         cfg.validate()?;
         Ok((cfg, self.threads))
@@ -141,6 +201,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("peer id:  {}", daemon.peer_id());
     println!("endpoint: {}", daemon.uuid());
     println!("api:      http://{}", daemon.api_addr());
+    if let Some(mesh) = daemon.mesh() {
+        for a in mesh.status().listen_addrs {
+            println!("mesh:     {a}");
+        }
+    }
     println!(
         "data dir: {} ({})",
         data_dir.display(),

@@ -334,6 +334,8 @@ fn code_for_status(status: StatusCode) -> ErrorCode {
         409 => ErrorCode::WrongPeer,
         413 => ErrorCode::TooLarge,
         507 => ErrorCode::StorageFull,
+        502 => ErrorCode::PeerError,
+        504 => ErrorCode::TimedOut,
         _ => ErrorCode::Internal,
     }
 }

@@ -1,0 +1,58 @@
+//! The daemon's libp2p behaviour: relay client (reservations and relayed
+//! connections), DCUtR (hole punching), identify and AutoNAT (address
+//! discovery), ping (liveness), rendezvous client (discovery through the
+//! relays) and `libp2p-stream` (bulk streams of the fetch protocol).
+
+use std::time::Duration;
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{autonat, dcutr, identify, identity::Keypair, ping, relay, rendezvous};
+
+/// identify protocol version string of proxymesh daemons.
+pub const IDENTIFY_PROTOCOL: &str = "/proxymesh/id/1";
+
+/// Everything a daemon speaks on the mesh.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Relay v2 client.
+    pub relay: relay::client::Behaviour,
+    /// Direct connection upgrade through relay.
+    pub dcutr: dcutr::Behaviour,
+    /// Address and protocol exchange.
+    pub identify: identify::Behaviour,
+    /// Reachability probes (private addresses allowed, for LANs and labs).
+    pub autonat: autonat::Behaviour,
+    /// Liveness.
+    pub ping: ping::Behaviour,
+    /// Discovery through the relays' rendezvous servers.
+    pub rendezvous: rendezvous::client::Behaviour,
+    /// Bulk streams.
+    pub stream: libp2p_stream::Behaviour,
+}
+
+impl Behaviour {
+    /// Build the behaviour for `keypair`, with the relay client the swarm builder made.
+    pub fn new(keypair: &Keypair, relay: relay::client::Behaviour) -> Self {
+        let peer_id = keypair.public().to_peer_id();
+        Self {
+            relay,
+            dcutr: dcutr::Behaviour::new(peer_id),
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), keypair.public())
+                    .with_agent_version(format!("proxymeshd/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            autonat: autonat::Behaviour::new(
+                peer_id,
+                autonat::Config {
+                    only_global_ips: false,
+                    boot_delay: Duration::from_secs(1),
+                    retry_interval: Duration::from_secs(30),
+                    ..Default::default()
+                },
+            ),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+            rendezvous: rendezvous::client::Behaviour::new(keypair.clone()),
+            stream: libp2p_stream::Behaviour::new(),
+        }
+    }
+}

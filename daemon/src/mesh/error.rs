@@ -1,0 +1,71 @@
+//! Typed errors of remote operations. Each names the peer (and the object,
+//! where there is one), so a message says exactly what failed where.
+
+use std::time::Duration;
+
+use libp2p::PeerId;
+use proxymesh::ObjectId;
+
+use crate::storage::StorageError;
+
+/// What went wrong talking to another daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// No connection to the peer could be made (no address, all dials failed, no relay).
+    #[error("peer {peer} is unreachable: {reason}")]
+    Unreachable {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// The peer does not have the object.
+    #[error("peer {peer} has no object {id}")]
+    NotFound {
+        /// The peer.
+        peer: PeerId,
+        /// The object.
+        id: ObjectId,
+    },
+    /// The peer refused the request.
+    #[error("peer {peer} refused the request: {reason}")]
+    Refused {
+        /// The peer.
+        peer: PeerId,
+        /// Its reason.
+        reason: String,
+    },
+    /// The bytes received do not match the size or BLAKE3 hash announced.
+    #[error("object {id} from peer {peer} arrived corrupt or truncated: {reason}")]
+    Corrupt {
+        /// The peer.
+        peer: PeerId,
+        /// The object.
+        id: ObjectId,
+        /// What did not match.
+        reason: String,
+    },
+    /// A phase (connect, hole punch, request, idle stream) took too long.
+    #[error("timed out after {after:?} during {phase} with peer {peer}{}", id.map(|i| format!(" (object {i})")).unwrap_or_default())]
+    TimedOut {
+        /// The peer.
+        peer: PeerId,
+        /// The object, if the operation had one.
+        id: Option<ObjectId>,
+        /// Which phase.
+        phase: &'static str,
+        /// The limit that ran out.
+        after: Duration,
+    },
+    /// The peer broke the protocol (bad header, unexpected answer).
+    #[error("protocol error with peer {peer}: {reason}")]
+    Protocol {
+        /// The peer.
+        peer: PeerId,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Storing the fetched object locally failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}

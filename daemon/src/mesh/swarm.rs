@@ -1,0 +1,796 @@
+//! The one task that owns the libp2p `Swarm`, and the state it shares with
+//! the rest of the daemon.
+//!
+//! It listens on QUIC and TCP on fixed ports (dials reuse them, which hole
+//! punching needs), keeps a reservation with every configured relay
+//! (re-reserving with backoff when a relay drops or restarts), registers with
+//! and discovers through the relays' rendezvous servers, and tracks every
+//! connection's path (direct or relayed) and transport. When a direct
+//! connection to a peer exists, its relayed connections are closed, so bulk
+//! streams — which `libp2p-stream` opens on any connection — run direct.
+//! The rest of the daemon talks to it through [`Command`]s and reads
+//! [`Shared`] state.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{autonat, dcutr, identify, relay, rendezvous, Multiaddr, PeerId, Swarm};
+use proxymesh::api::{self, Path, Transport};
+use tokio::sync::{mpsc, Notify};
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+
+/// Rendezvous namespace every daemon registers under.
+pub const NAMESPACE: &str = "proxymesh";
+/// Prefix of the per-daemon namespace carrying its ProxyStore endpoint UUID.
+pub const ENDPOINT_NAMESPACE_PREFIX: &str = "proxymesh-ep-";
+/// Registration lifetime at the rendezvous servers.
+const REGISTRATION_TTL: u64 = 300;
+/// How often registrations are renewed and discovery refreshed.
+const REFRESH_EVERY: Duration = Duration::from_secs(60);
+/// First and largest wait before re-reserving with a relay.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Requests to the swarm task.
+#[derive(Debug)]
+pub enum Command {
+    /// Connect to `peer` through any of `addrs` (unless already connected or dialing).
+    Dial {
+        /// The peer.
+        peer: PeerId,
+        /// Candidate addresses.
+        addrs: Vec<Multiaddr>,
+    },
+    /// Ask every reserved relay's rendezvous server for the mesh's daemons now.
+    Discover,
+    /// Stop the task (closing every connection).
+    Shutdown,
+}
+
+/// One open connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Direct or relayed.
+    pub path: Path,
+    /// QUIC or TCP.
+    pub transport: Transport,
+    /// The remote address.
+    pub remote: Multiaddr,
+}
+
+/// One configured relay and the reservation kept with it.
+#[derive(Debug, Clone)]
+pub struct RelaySlot {
+    /// The relay's peer ID.
+    pub peer: PeerId,
+    /// Its configured addresses (each ending in `/p2p/<peer>`), tried in turn.
+    pub addrs: Vec<Multiaddr>,
+    next_addr: usize,
+    listener: Option<ListenerId>,
+    /// Whether a reservation is held.
+    pub reserved: bool,
+    /// The circuit address others dial to reach this daemon through the relay.
+    pub circuit: Option<Multiaddr>,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+impl RelaySlot {
+    fn current_addr(&self) -> &Multiaddr {
+        &self.addrs[self.next_addr % self.addrs.len()]
+    }
+}
+
+/// A daemon found through discovery.
+#[derive(Debug, Clone, Default)]
+pub struct Discovered {
+    /// Registered addresses.
+    pub addrs: Vec<Multiaddr>,
+    /// Its ProxyStore endpoint UUID, if registered.
+    pub uuid: Option<String>,
+}
+
+/// State the swarm task publishes.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Open connections per peer.
+    pub conns: HashMap<PeerId, HashMap<ConnectionId, ConnInfo>>,
+    /// Peers whose last hole punch failed, and when.
+    pub punch_failed: HashMap<PeerId, Instant>,
+    /// The last dial error per peer (cleared when a dial starts).
+    pub dial_failed: HashMap<PeerId, String>,
+    /// Listen addresses.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Confirmed external addresses (including relay circuits).
+    pub external_addrs: Vec<Multiaddr>,
+    /// Relays and reservations.
+    pub relays: Vec<RelaySlot>,
+    /// Daemons found through discovery.
+    pub discovered: HashMap<PeerId, Discovered>,
+}
+
+impl State {
+    /// Whether any direct / relayed connection to `peer` is open.
+    pub fn paths(&self, peer: &PeerId) -> (bool, bool) {
+        let conns = self.conns.get(peer);
+        let has = |p: Path| conns.is_some_and(|c| c.values().any(|i| i.path == p));
+        (has(Path::Direct), has(Path::Relayed))
+    }
+
+    /// The best connection's path and transport: direct if there is one.
+    pub fn best(&self, peer: &PeerId) -> Option<(Path, Transport)> {
+        let conns = self.conns.get(peer)?;
+        conns
+            .values()
+            .min_by_key(|c| (c.path == Path::Relayed, c.transport == Transport::Tcp))
+            .map(|c| (c.path, c.transport))
+    }
+
+    /// The status served by the API.
+    pub fn status(&self) -> api::MeshStatus {
+        let mut peers: Vec<api::PeerStatus> = self
+            .conns
+            .iter()
+            .map(|(peer, conns)| api::PeerStatus {
+                peer_id: peer.to_string(),
+                connections: conns
+                    .values()
+                    .map(|c| api::ConnectionStatus {
+                        path: c.path,
+                        transport: c.transport,
+                        remote_addr: c.remote.to_string(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        let mut discovered: Vec<api::DiscoveredPeer> = self
+            .discovered
+            .iter()
+            .map(|(p, d)| api::DiscoveredPeer {
+                peer_id: p.to_string(),
+                uuid: d.uuid.clone(),
+                addrs: d.addrs.iter().map(|a| a.to_string()).collect(),
+            })
+            .collect();
+        discovered.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        api::MeshStatus {
+            listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            external_addrs: self.external_addrs.iter().map(|a| a.to_string()).collect(),
+            relays: self
+                .relays
+                .iter()
+                .map(|r| api::RelayStatus {
+                    addr: r.current_addr().to_string(),
+                    reserved: r.reserved,
+                    circuit_addr: r.circuit.as_ref().map(|c| c.to_string()),
+                })
+                .collect(),
+            peers,
+            discovered,
+        }
+    }
+}
+
+/// State shared between the swarm task and the rest of the daemon, with a
+/// notification on every change that can matter to a waiting dial.
+#[derive(Debug, Default)]
+pub struct Shared {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+impl Shared {
+    /// Read the state.
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Set up the initial state (before the swarm task starts).
+    pub fn init(&self, f: impl FnOnce(&mut State)) {
+        self.write(f)
+    }
+
+    fn write<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let r = f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+        self.changed.notify_waiters();
+        r
+    }
+
+    /// Wait until `done` returns `Some`, re-checking after every change, or
+    /// until `deadline` (then `None`).
+    pub async fn wait_for<R>(
+        &self,
+        deadline: tokio::time::Instant,
+        mut done: impl FnMut(&State) -> Option<R>,
+    ) -> Option<R> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(r) = self.read(&mut done) {
+                return Some(r);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.read(&mut done);
+            }
+        }
+    }
+}
+
+/// Whether `addr` goes through a relay circuit.
+pub fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// The transport an address names (QUIC if it says so, TCP if it says so).
+pub fn transport_of(addr: &Multiaddr) -> Option<Transport> {
+    addr.iter().find_map(|p| match p {
+        Protocol::QuicV1 | Protocol::Quic => Some(Transport::Quic),
+        Protocol::Tcp(_) => Some(Transport::Tcp),
+        _ => None,
+    })
+}
+
+/// The relay peer of a circuit address (`…/p2p/<relay>/p2p-circuit…`).
+pub fn circuit_relay(addr: &Multiaddr) -> Option<PeerId> {
+    let mut last = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(id) => last = Some(id),
+            Protocol::P2pCircuit => return last,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The peer ID at the end of an address, if any.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(id)) => Some(id),
+        _ => None,
+    }
+}
+
+/// Group configured relay addresses by relay peer.
+pub fn relay_slots(addrs: &[Multiaddr]) -> Result<Vec<RelaySlot>, String> {
+    let mut slots: Vec<RelaySlot> = Vec::new();
+    for a in addrs {
+        let peer = peer_of(a)
+            .ok_or_else(|| format!("relay address {a} must end in /p2p/<relay peer id>"))?;
+        match slots.iter_mut().find(|s| s.peer == peer) {
+            Some(s) => s.addrs.push(a.clone()),
+            None => slots.push(RelaySlot {
+                peer,
+                addrs: vec![a.clone()],
+                next_addr: 0,
+                listener: None,
+                reserved: false,
+                circuit: None,
+                next_attempt: Instant::now(),
+                backoff: BACKOFF_MIN,
+            }),
+        }
+    }
+    Ok(slots)
+}
+
+/// The swarm task.
+pub struct Driver {
+    swarm: Swarm<Behaviour>,
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    uuid: String,
+    relay_peers: HashSet<PeerId>,
+    cookies: HashMap<PeerId, rendezvous::Cookie>,
+}
+
+impl Driver {
+    /// A driver for `swarm`, publishing into `shared`.
+    pub fn new(
+        swarm: Swarm<Behaviour>,
+        shared: Arc<Shared>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        uuid: String,
+    ) -> Self {
+        let relay_peers = shared.read(|s| s.relays.iter().map(|r| r.peer).collect());
+        Self {
+            swarm,
+            shared,
+            commands,
+            uuid,
+            relay_peers,
+            cookies: HashMap::new(),
+        }
+    }
+
+    /// Run until [`Command::Shutdown`] or until every sender is gone.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut refresh = tokio::time::interval(REFRESH_EVERY);
+        loop {
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Shutdown) | None => break,
+                    Some(cmd) => self.on_command(cmd),
+                },
+                event = self.swarm.select_next_some() => self.on_event(event),
+                _ = tick.tick() => self.retry_reservations(),
+                _ = refresh.tick() => self.refresh_rendezvous(),
+            }
+        }
+        tracing::debug!("mesh task stopped");
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Dial { peer, addrs } => {
+                self.shared.write(|s| s.dial_failed.remove(&peer));
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                match self.swarm.dial(opts) {
+                    Ok(()) => tracing::debug!(%peer, "dialing"),
+                    Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+                    Err(e) => {
+                        self.shared
+                            .write(|s| s.dial_failed.insert(peer, e.to_string()));
+                    }
+                }
+            }
+            Command::Discover => self.discover(),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn retry_reservations(&mut self) {
+        let now = Instant::now();
+        let due: Vec<usize> = self.shared.read(|s| {
+            s.relays
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.listener.is_none() && r.next_attempt <= now)
+                .map(|(i, _)| i)
+                .collect()
+        });
+        for i in due {
+            let addr = self.shared.read(|s| s.relays[i].current_addr().clone());
+            let circuit = addr.clone().with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit) {
+                Ok(id) => {
+                    tracing::info!(relay = %addr, "requesting a reservation");
+                    self.shared.write(|s| s.relays[i].listener = Some(id));
+                }
+                Err(e) => {
+                    tracing::warn!(relay = %addr, error = %e, "cannot listen through relay");
+                    self.shared.write(|s| back_off(&mut s.relays[i]));
+                }
+            }
+        }
+    }
+
+    fn register(&mut self, relay: PeerId) {
+        for ns in [
+            NAMESPACE.to_string(),
+            format!("{ENDPOINT_NAMESPACE_PREFIX}{}", self.uuid),
+        ] {
+            let ns = rendezvous::Namespace::new(ns).expect("namespace is short");
+            if let Err(e) =
+                self.swarm
+                    .behaviour_mut()
+                    .rendezvous
+                    .register(ns, relay, Some(REGISTRATION_TTL))
+            {
+                tracing::warn!(%relay, error = %e, "rendezvous registration failed");
+            }
+        }
+    }
+
+    fn discover(&mut self) {
+        let reserved: Vec<PeerId> = self.shared.read(|s| {
+            s.relays
+                .iter()
+                .filter(|r| r.reserved)
+                .map(|r| r.peer)
+                .collect()
+        });
+        for relay in reserved {
+            let cookie = self.cookies.get(&relay).cloned();
+            self.swarm
+                .behaviour_mut()
+                .rendezvous
+                .discover(None, cookie, None, relay);
+        }
+    }
+
+    fn refresh_rendezvous(&mut self) {
+        let reserved: Vec<PeerId> = self.shared.read(|s| {
+            s.relays
+                .iter()
+                .filter(|r| r.reserved)
+                .map(|r| r.peer)
+                .collect()
+        });
+        for relay in reserved {
+            self.register(relay);
+        }
+        self.discover();
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                let relay_slot = self.shared.read(|s| {
+                    s.relays
+                        .iter()
+                        .position(|r| r.listener == Some(listener_id))
+                });
+                if relay_slot.is_none() {
+                    tracing::info!(%address, "listening");
+                    self.shared.write(|s| s.listen_addrs.push(address));
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.shared
+                    .write(|s| s.listen_addrs.retain(|a| a != &address));
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => self.on_listener_closed(listener_id, reason.err().map(|e| e.to_string())),
+            SwarmEvent::ListenerError { listener_id, error } => {
+                tracing::debug!(?listener_id, %error, "listener error");
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+                self.shared.write(|s| {
+                    if !s.external_addrs.contains(&address) {
+                        s.external_addrs.push(address);
+                    }
+                });
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                self.shared
+                    .write(|s| s.external_addrs.retain(|a| a != &address));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                self.on_connection(peer_id, connection_id, &endpoint);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                tracing::debug!(%peer_id, ?cause, "connection closed");
+                self.shared.write(|s| {
+                    if let Some(c) = s.conns.get_mut(&peer_id) {
+                        c.remove(&connection_id);
+                        if c.is_empty() {
+                            s.conns.remove(&peer_id);
+                        }
+                    }
+                });
+                if num_established == 0 && self.relay_peers.contains(&peer_id) {
+                    self.on_relay_lost(peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                if self.shared.read(|s| !s.conns.contains_key(&peer)) {
+                    tracing::debug!(%peer, %error, "dial failed");
+                    self.shared
+                        .write(|s| s.dial_failed.insert(peer, error.to_string()));
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour(event),
+            _ => {}
+        }
+    }
+
+    fn on_connection(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
+        let remote = endpoint.get_remote_address().clone();
+        let path = if endpoint.is_relayed() {
+            Path::Relayed
+        } else {
+            Path::Direct
+        };
+        let transport = transport_of(&remote)
+            .or_else(|| {
+                // A relayed connection accepted by us shows no transport: it
+                // rides on our connection to the relay.
+                let relay = circuit_relay(&remote)?;
+                self.shared.read(|s| s.best(&relay).map(|(_, t)| t))
+            })
+            .unwrap_or(Transport::Tcp);
+        let info = ConnInfo {
+            path,
+            transport,
+            remote: remote.clone(),
+        };
+        if !self.relay_peers.contains(&peer) {
+            tracing::info!(%peer, %remote, ?path, ?transport, "connected");
+        }
+        let relayed_to_close: Vec<ConnectionId> = self.shared.write(|s| {
+            let conns = s.conns.entry(peer).or_default();
+            conns.insert(id, info);
+            if path == Path::Direct {
+                s.punch_failed.remove(&peer);
+                conns
+                    .iter()
+                    .filter(|(_, c)| c.path == Path::Relayed)
+                    .map(|(id, _)| *id)
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        });
+        // Streams must use the direct connection: close the relayed ones.
+        for relayed in relayed_to_close {
+            tracing::info!(%peer, "direct connection up; closing the relayed one");
+            self.swarm.close_connection(relayed);
+        }
+    }
+
+    fn on_listener_closed(&mut self, listener: ListenerId, error: Option<String>) {
+        let closed = self.shared.write(|s| {
+            let slot = s.relays.iter_mut().find(|r| r.listener == Some(listener))?;
+            slot.listener = None;
+            slot.reserved = false;
+            let circuit = slot.circuit.take();
+            back_off(slot);
+            if let Some(c) = &circuit {
+                s.external_addrs.retain(|a| a != c);
+            }
+            Some((slot.current_addr().clone(), circuit))
+        });
+        if let Some((addr, circuit)) = closed {
+            tracing::warn!(relay = %addr, error = error.as_deref().unwrap_or("closed"), "relay reservation lost; will re-reserve");
+            if let Some(c) = circuit {
+                self.swarm.remove_external_address(&c);
+            }
+        }
+    }
+
+    fn on_relay_lost(&mut self, relay: PeerId) {
+        let listener = self.shared.read(|s| {
+            s.relays
+                .iter()
+                .find(|r| r.peer == relay)
+                .and_then(|r| r.listener)
+        });
+        if let Some(l) = listener {
+            self.swarm.remove_listener(l);
+            self.on_listener_closed(l, Some("connection to the relay closed".into()));
+        }
+    }
+
+    fn on_behaviour(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Relay(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                let circuit = self.shared.write(|s| {
+                    let slot = s.relays.iter_mut().find(|r| r.peer == relay_peer_id)?;
+                    slot.reserved = true;
+                    slot.backoff = BACKOFF_MIN;
+                    let circuit = slot.current_addr().clone().with(Protocol::P2pCircuit);
+                    slot.circuit = Some(circuit.clone());
+                    if !s.external_addrs.contains(&circuit) {
+                        s.external_addrs.push(circuit.clone());
+                    }
+                    Some(circuit)
+                });
+                if let Some(circuit) = circuit {
+                    if !renewal {
+                        tracing::info!(relay = %relay_peer_id, %circuit, "reservation accepted");
+                    }
+                    self.swarm.add_external_address(circuit);
+                    self.register(relay_peer_id);
+                    self.discover();
+                }
+            }
+            BehaviourEvent::Relay(event) => tracing::debug!(?event, "relay client"),
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punch succeeded"),
+                Err(error) => {
+                    tracing::warn!(peer = %remote_peer_id, %error, "hole punch failed; transfers with this peer use the relayed connection");
+                    self.shared
+                        .write(|s| s.punch_failed.insert(remote_peer_id, Instant::now()));
+                }
+            },
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                tracing::debug!(%peer_id, observed = %info.observed_addr, "identified");
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
+                tracing::info!(?old, ?new, "reachability changed");
+            }
+            BehaviourEvent::Rendezvous(event) => self.on_rendezvous(event),
+            _ => {}
+        }
+    }
+
+    fn on_rendezvous(&mut self, event: rendezvous::client::Event) {
+        use rendezvous::client::Event;
+        match event {
+            Event::Discovered {
+                rendezvous_node,
+                registrations,
+                cookie,
+            } => {
+                self.cookies.insert(rendezvous_node, cookie);
+                let me = *self.swarm.local_peer_id();
+                for reg in registrations {
+                    let peer = reg.record.peer_id();
+                    if peer == me {
+                        continue;
+                    }
+                    let ns = reg.namespace.to_string();
+                    let addrs = reg.record.addresses().to_vec();
+                    for a in &addrs {
+                        self.swarm.add_peer_address(peer, a.clone());
+                    }
+                    self.shared.write(|s| {
+                        let d = s.discovered.entry(peer).or_default();
+                        for a in addrs {
+                            if !d.addrs.contains(&a) {
+                                d.addrs.push(a);
+                            }
+                        }
+                        if let Some(uuid) = ns.strip_prefix(ENDPOINT_NAMESPACE_PREFIX) {
+                            d.uuid = Some(uuid.to_string());
+                        }
+                    });
+                }
+            }
+            Event::Expired { peer } => {
+                self.shared.write(|s| s.discovered.remove(&peer));
+            }
+            Event::Registered {
+                rendezvous_node,
+                namespace,
+                ..
+            } => {
+                tracing::debug!(relay = %rendezvous_node, %namespace, "registered");
+            }
+            Event::RegisterFailed {
+                rendezvous_node,
+                namespace,
+                error,
+            } => {
+                tracing::warn!(relay = %rendezvous_node, %namespace, ?error, "rendezvous registration refused");
+            }
+            Event::DiscoverFailed {
+                rendezvous_node,
+                error,
+                ..
+            } => {
+                tracing::debug!(relay = %rendezvous_node, ?error, "discovery failed");
+            }
+        }
+    }
+}
+
+fn back_off(slot: &mut RelaySlot) {
+    slot.next_attempt = Instant::now() + slot.backoff;
+    slot.backoff = (slot.backoff * 2).min(BACKOFF_MAX);
+    slot.next_addr += 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> PeerId {
+        PeerId::random()
+    }
+
+    #[test]
+    fn address_classification() {
+        let r = peer();
+        let quic: Multiaddr = format!("/ip4/10.0.0.1/udp/4001/quic-v1/p2p/{r}")
+            .parse()
+            .unwrap();
+        let tcp: Multiaddr = format!("/ip4/10.0.0.1/tcp/4001/p2p/{r}").parse().unwrap();
+        assert_eq!(transport_of(&quic), Some(Transport::Quic));
+        assert_eq!(transport_of(&tcp), Some(Transport::Tcp));
+        let circuit = tcp
+            .clone()
+            .with(Protocol::P2pCircuit)
+            .with(Protocol::P2p(peer()));
+        assert!(is_relayed(&circuit) && !is_relayed(&tcp));
+        assert_eq!(circuit_relay(&circuit), Some(r));
+        assert_eq!(peer_of(&quic), Some(r));
+    }
+
+    #[test]
+    fn relay_addresses_group_by_peer_and_need_a_peer_id() {
+        let r = peer();
+        let a: Multiaddr = format!("/ip4/10.0.0.1/udp/4001/quic-v1/p2p/{r}")
+            .parse()
+            .unwrap();
+        let b: Multiaddr = format!("/ip4/10.0.0.1/tcp/4001/p2p/{r}").parse().unwrap();
+        let slots = relay_slots(&[a, b]).unwrap();
+        assert_eq!(slots.len(), 1);
+        assert_eq!(slots[0].addrs.len(), 2);
+        assert!(relay_slots(&["/ip4/10.0.0.1/tcp/4001".parse().unwrap()]).is_err());
+    }
+
+    #[test]
+    fn best_path_prefers_direct_then_quic() {
+        let p = peer();
+        let mut s = State::default();
+        let conn = |path, transport| ConnInfo {
+            path,
+            transport,
+            remote: Multiaddr::empty(),
+        };
+        s.conns.entry(p).or_default().insert(
+            ConnectionId::new_unchecked(1),
+            conn(Path::Relayed, Transport::Quic),
+        );
+        assert_eq!(s.best(&p), Some((Path::Relayed, Transport::Quic)));
+        s.conns.entry(p).or_default().insert(
+            ConnectionId::new_unchecked(2),
+            conn(Path::Direct, Transport::Tcp),
+        );
+        assert_eq!(s.best(&p), Some((Path::Direct, Transport::Tcp)));
+        s.conns.entry(p).or_default().insert(
+            ConnectionId::new_unchecked(3),
+            conn(Path::Direct, Transport::Quic),
+        );
+        assert_eq!(s.best(&p), Some((Path::Direct, Transport::Quic)));
+        assert_eq!(s.paths(&p), (true, true));
+    }
+
+    #[tokio::test]
+    async fn wait_for_wakes_on_change_and_times_out() {
+        let shared = Arc::new(Shared::default());
+        let p = peer();
+        let waiter = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                shared
+                    .wait_for(deadline, |s| s.dial_failed.get(&p).cloned())
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        shared.write(|s| s.dial_failed.insert(p, "nope".into()));
+        assert_eq!(waiter.await.unwrap().as_deref(), Some("nope"));
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert!(shared
+            .wait_for(deadline, |s| s.conns.get(&p).map(|_| ()))
+            .await
+            .is_none());
+    }
+}
