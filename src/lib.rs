@@ -326,3 +326,162 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// A `proxymesh-relay` child process, killed when dropped.
+#[derive(Debug)]
+pub struct RelayProcess {
+    child: Option<Child>,
+    /// Its dialable addresses (each ending in `/p2p/<peer id>`).
+    pub addrs: Vec<String>,
+    /// The port it listens on (QUIC and TCP).
+    pub port: u16,
+    identity: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl RelayProcess {
+    /// Start a relay on 127.0.0.1 with a fresh identity on a free port.
+    pub fn start(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let identity = tmp.path().join("relay.key");
+        let mut r = Self::start_with(&identity, free_port(), extra);
+        r._tmp = Some(tmp);
+        r
+    }
+
+    /// Start a relay with `identity` on `port`.
+    pub fn start_with(identity: &Path, port: u16, extra: &[&str]) -> Self {
+        let (child, addrs) = Self::spawn(identity, port, extra);
+        Self {
+            child: Some(child),
+            addrs,
+            port,
+            identity: identity.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    fn spawn(identity: &Path, port: u16, extra: &[&str]) -> (Child, Vec<String>) {
+        let mut child = Command::new(bin_path("proxymesh-relay"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--identity",
+            ])
+            .arg(identity)
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("PROXYMESH_RELAY_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn proxymesh-relay");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut addrs: Vec<String> = Vec::new();
+        while !(addrs.iter().any(|a| a.contains("/quic-v1/"))
+            && addrs.iter().any(|a| a.contains("/tcp/")))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => addrs.push(line.trim().to_string()),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("proxymesh-relay did not print its addresses; got {addrs:?}");
+                }
+            }
+        }
+        (child, addrs)
+    }
+
+    /// The relay's QUIC address.
+    pub fn quic(&self) -> &str {
+        self.addrs
+            .iter()
+            .find(|a| a.contains("/quic-v1/"))
+            .expect("quic address")
+    }
+
+    /// The relay's TCP address.
+    pub fn tcp(&self) -> &str {
+        self.addrs
+            .iter()
+            .find(|a| a.contains("/tcp/"))
+            .expect("tcp address")
+    }
+
+    /// Flags joining a daemon to this relay (both transports), on loopback.
+    pub fn daemon_flags(&self) -> Vec<String> {
+        vec![
+            "--relay".into(),
+            self.quic().into(),
+            "--relay".into(),
+            self.tcp().into(),
+            "--listen-host".into(),
+            "127.0.0.1".into(),
+            "--listen-port".into(),
+            "0".into(),
+        ]
+    }
+
+    /// Kill the relay (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again with the same identity and port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, addrs) = Self::spawn(&self.identity, self.port, &[]);
+        self.child = Some(child);
+        self.addrs = addrs;
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Poll `f` every 100 ms until it returns `Some` or `timeout` passes.
+pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

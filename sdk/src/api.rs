@@ -104,6 +104,10 @@ pub struct MeshStatus {
     pub peers: Vec<PeerStatus>,
     /// Other daemons known through the relays' discovery.
     pub discovered: Vec<DiscoveredPeer>,
+    /// Transfers this daemon has started from other daemons (cache hits and
+    /// coalesced requests start none).
+    #[serde(default)]
+    pub transfers: u64,
 }
 
 /// One relay and the daemon's reservation there.

@@ -261,6 +261,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 );
                 println!("persist:    {}", s.persist);
                 println!("uptime:     {}s", s.uptime_secs);
+                match &s.mesh {
+                    None => println!("mesh:       off (start proxymeshd with --relay to join one)"),
+                    Some(m) => print_mesh(m),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -309,4 +313,49 @@ async fn write_output(
     tmp.persist(output)
         .map_err(|e| CliError::usage(format!("cannot write {}: {}", output.display(), e.error)))?;
     Ok(())
+}
+
+fn print_mesh(m: &proxymesh::api::MeshStatus) {
+    println!("mesh:");
+    for a in &m.listen_addrs {
+        println!("  listen    {a}");
+    }
+    for a in &m.external_addrs {
+        println!("  external  {a}");
+    }
+    for r in &m.relays {
+        let state = if r.reserved {
+            "reserved"
+        } else {
+            "no reservation (retrying)"
+        };
+        println!("  relay     {} [{state}]", r.addr);
+    }
+    for p in &m.peers {
+        for c in &p.connections {
+            let path = match c.path {
+                proxymesh::api::Path::Direct => "direct",
+                proxymesh::api::Path::Relayed => "relayed",
+            };
+            let transport = match c.transport {
+                proxymesh::api::Transport::Quic => "quic",
+                proxymesh::api::Transport::Tcp => "tcp",
+            };
+            println!(
+                "  peer      {} {path}/{transport} {}",
+                p.peer_id, c.remote_addr
+            );
+        }
+    }
+    for d in &m.discovered {
+        println!(
+            "  known     {}{}",
+            d.peer_id,
+            d.uuid
+                .as_ref()
+                .map(|u| format!(" (endpoint {u})"))
+                .unwrap_or_default()
+        );
+    }
+    println!("  transfers {}", m.transfers);
 }

@@ -231,7 +231,9 @@ impl Mesh {
 
     /// The mesh part of `proxymesh status`.
     pub fn status(&self) -> local_api::MeshStatus {
-        self.shared.read(|s| s.status())
+        let mut status = self.shared.read(|s| s.status());
+        status.transfers = self.fetcher.transfers();
+        status
     }
 
     /// Addresses to put in keys so any daemon of the mesh can dial this one:

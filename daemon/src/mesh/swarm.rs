@@ -176,6 +176,7 @@ impl State {
                 .collect(),
             peers,
             discovered,
+            transfers: 0,
         }
     }
 }

@@ -1,0 +1,292 @@
+//! Mesh benchmark: remote gets through two real daemons and a real relay on
+//! loopback, next to a raw QUIC (quinn) transfer of the same bytes between
+//! two processes, measured in the same run.
+//!
+//! ```sh
+//! cargo bench -p proxymesh-daemon --bench mesh            # 100 MiB and 1 GiB
+//! cargo bench -p proxymesh-daemon --bench mesh -- --quick # 100 MiB only, fewer rounds
+//! ```
+//!
+//! Remote get = the SDK at site B asks daemon B for a key of daemon A; B
+//! fetches it from A over the mesh (direct QUIC after hole punching on
+//! loopback), verifies and caches it, and streams it to the SDK.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use proxymesh::{ByteStream, Connector, DaemonConnector, Key};
+use proxymesh_suite::{DaemonProcess, RelayProcess};
+
+const WINDOW: u32 = 10 * 1024 * 1024;
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    // libp2p-quic's windows, so the baseline is the engine we run on.
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(quinn::VarInt::from_u32(WINDOW))
+        .receive_window(quinn::VarInt::from_u32(WINDOW * 3 / 2))
+        .send_window(u64::from(WINDOW));
+    Arc::new(t)
+}
+
+/// Child process: a quinn server that answers each bi stream's requested
+/// byte count with that many bytes. Prints its port.
+fn quinn_sender(cert_path: &str, key_path: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cert = rustls::pki_types::CertificateDer::from(std::fs::read(cert_path).unwrap());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(std::fs::read(key_path).unwrap().into());
+        let mut cfg = quinn::ServerConfig::with_single_cert(vec![cert], key).unwrap();
+        cfg.transport_config(transport());
+        let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+        println!("{}", ep.local_addr().unwrap().port());
+        while let Some(incoming) = ep.accept().await {
+            let conn = incoming.await.unwrap();
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let mut n = [0u8; 8];
+                    recv.read_exact(&mut n).await.unwrap();
+                    let mut left = u64::from_be_bytes(n);
+                    let chunk = Bytes::from(vec![0xA5u8; 1 << 20]);
+                    while left > 0 {
+                        let k = left.min(chunk.len() as u64) as usize;
+                        send.write_chunk(chunk.slice(..k)).await.unwrap();
+                        left -= k as u64;
+                    }
+                    send.finish().unwrap();
+                }
+            });
+        }
+    });
+}
+
+struct QuinnBaseline {
+    child: std::process::Child,
+    conn: quinn::Connection,
+    _dir: tempfile::TempDir,
+}
+
+impl QuinnBaseline {
+    async fn start() -> Self {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.der"), dir.path().join("key.der"));
+        std::fs::write(&cert_path, ck.cert.der()).unwrap();
+        std::fs::write(&key_path, ck.key_pair.serialize_der()).unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--quinn-sender",
+                cert_path.to_str().unwrap(),
+                key_path.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().parse().unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ck.cert.der().clone()).unwrap();
+        let mut cfg = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap();
+        cfg.transport_config(transport());
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(cfg);
+        let conn = ep
+            .connect(([127, 0, 0, 1], port).into(), "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        Self {
+            child,
+            conn,
+            _dir: dir,
+        }
+    }
+
+    async fn fetch(&self, size: u64) -> Duration {
+        let t = Instant::now();
+        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+        send.write_all(&size.to_be_bytes()).await.unwrap();
+        send.finish().unwrap();
+        let mut got = 0u64;
+        while let Some(chunk) = recv.read_chunk(1 << 20, true).await.unwrap() {
+            got += chunk.bytes.len() as u64;
+        }
+        assert_eq!(got, size);
+        t.elapsed()
+    }
+}
+
+impl Drop for QuinnBaseline {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stream_of(size: u64, seed: u8) -> ByteStream {
+    let chunk = Bytes::from(vec![seed; 1 << 20]);
+    let n = size / chunk.len() as u64;
+    futures::stream::iter((0..n).map(move |_| Ok(chunk.clone()))).boxed()
+}
+
+async fn drain(conn: &DaemonConnector, key: &Key) -> (u64, Duration) {
+    let t = Instant::now();
+    let mut s = conn.get_stream(key).await.unwrap().expect("object exists");
+    let mut n = 0u64;
+    while let Some(c) = s.try_next().await.unwrap() {
+        n += c.len() as u64;
+    }
+    (n, t.elapsed())
+}
+
+fn mibps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn mesh_daemon(relay: &RelayProcess) -> DaemonProcess {
+    let flags = relay.daemon_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let d = DaemonProcess::start(&flags);
+    proxymesh_suite::wait_until(Duration::from_secs(30), || {
+        let s = proxymesh_suite::http(&d.api, "GET", "/v1/status", &[], b"").json();
+        s["mesh"]["relays"]
+            .as_array()?
+            .iter()
+            .any(|r| r["reserved"] == true)
+            .then_some(())
+    })
+    .expect("reservation");
+    d
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--quinn-sender") {
+        return quinn_sender(&args[i + 1], &args[i + 2]);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench(quick));
+}
+
+async fn bench(quick: bool) {
+    let relay = RelayProcess::start(&[]);
+    let a = mesh_daemon(&relay);
+    let b = mesh_daemon(&relay);
+    let at_a = DaemonConnector::new(&a.api).unwrap();
+    let at_b = DaemonConnector::new(&b.api).unwrap();
+    let quinn = QuinnBaseline::start().await;
+    println!(
+        "proxymesh mesh benchmark: SDK at B <- daemon B <- daemon A (relay {})",
+        relay.quic()
+    );
+
+    println!("-- latency, 1 KiB remote get --");
+    // With connection set-up: the first get from A (dial via relay, hole punch).
+    let key = at_a.put(Bytes::from(vec![1u8; 1024])).await.unwrap();
+    let t = Instant::now();
+    assert_eq!(at_b.get(&key).await.unwrap().unwrap().len(), 1024);
+    println!(
+        "{:<46} {:>9.1} ms",
+        "first get (dial + hole punch + fetch)",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    // Warm: B is connected to A; each get is a fresh key (so not a cache hit).
+    let iters = if quick { 50 } else { 300 };
+    let keys: Vec<Key> = at_a
+        .put_batch(vec![Bytes::from(vec![2u8; 1024]); iters])
+        .await
+        .unwrap();
+    let mut samples = Vec::new();
+    for k in &keys {
+        let t = Instant::now();
+        assert_eq!(at_b.get(k).await.unwrap().unwrap().len(), 1024);
+        samples.push(t.elapsed());
+    }
+    let mut local = Vec::new();
+    for k in &keys {
+        let t = Instant::now();
+        at_a.get(k).await.unwrap().unwrap();
+        local.push(t.elapsed());
+    }
+    let mut cached = Vec::new();
+    for k in &keys {
+        let t = Instant::now();
+        at_b.get(k).await.unwrap().unwrap();
+        cached.push(t.elapsed());
+    }
+    println!(
+        "{:<46} {:>9.1} µs",
+        "warm remote get, median",
+        median(samples).as_secs_f64() * 1e6
+    );
+    println!(
+        "{:<46} {:>9.1} µs",
+        "  same object, local get at A (baseline)",
+        median(local).as_secs_f64() * 1e6
+    );
+    println!(
+        "{:<46} {:>9.1} µs",
+        "  same object again at B (cached)",
+        median(cached).as_secs_f64() * 1e6
+    );
+
+    println!("-- throughput (MiB/s), medians of rounds --");
+    let sizes: &[u64] = if quick {
+        &[100 << 20]
+    } else {
+        &[100 << 20, 1 << 30]
+    };
+    let rounds = if quick { 2 } else { 3 };
+    for &size in sizes {
+        let (mut raw, mut remote, mut cache) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            raw.push(quinn.fetch(size).await);
+            let key = at_a
+                .put_stream_with_len(stream_of(size, round as u8), size)
+                .await
+                .unwrap();
+            let (n, d) = drain(&at_b, &key).await;
+            assert_eq!(n, size);
+            remote.push(d);
+            let (n, d) = drain(&at_b, &key).await;
+            assert_eq!(n, size);
+            cache.push(d);
+            at_b.evict(&key).await.unwrap();
+        }
+        let (raw, remote, cache) = (median(raw), median(remote), median(cache));
+        let label = if size >= 1 << 30 {
+            format!("{} GiB", size >> 30)
+        } else {
+            format!("{} MiB", size >> 20)
+        };
+        println!(
+            "{label:>8}: raw quinn {:>6.0}   remote get {:>6.0} ({:.2}x raw)   cached re-get {:>6.0}",
+            mibps(size, raw),
+            mibps(size, remote),
+            raw.as_secs_f64() / remote.as_secs_f64(),
+            mibps(size, cache)
+        );
+    }
+    println!(
+        "peak RSS: daemon A {} MiB, daemon B {} MiB",
+        a.peak_rss() >> 20,
+        b.peak_rss() >> 20
+    );
+}
