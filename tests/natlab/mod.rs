@@ -1,0 +1,554 @@
+//! The NAT lab: a relay and two NATed sites built from Linux network
+//! namespaces, so system tests can prove hole punching with real packets.
+//! Needs root (see [`proxymesh_suite::require_root`]). Use it from a test
+//! file as `mod natlab;`.
+//!
+//! ```text
+//!                      <p>-pub  (bridge br0, 10.99.0.0/24)
+//!          ┌──────────────────────┼───────────────────────┐
+//!   <p>-relay                  <p>-ra                   <p>-rb
+//!   eth0 10.99.0.1             wan0 10.99.0.11          wan0 10.99.0.12
+//!   (no route to the LANs)     NAT router A             NAT router B
+//!                              lan0 192.168.1.1         lan0 192.168.2.1
+//!                                 │                        │
+//!                              <p>-ha                   <p>-hb
+//!                              eth0 192.168.1.2         eth0 192.168.2.2
+//!                              default via .1.1         default via .2.1
+//! ```
+//!
+//! `<p>` is a prefix unique to the lab (`pm<pid>l<counter>`), so labs of
+//! parallel tests and test binaries never share a namespace; addresses repeat
+//! across labs, which are isolated from each other and from the machine.
+//!
+//! Each router forwards LAN→WAN, masquerades behind its WAN address and lets
+//! only replies (conntrack `ESTABLISHED,RELATED`) back in, both through
+//! FORWARD and INPUT: a router that accepted unsolicited packets on `wan0`
+//! would break hole punching (the peer's early packet creates a conntrack
+//! entry that collides with the outbound mapping, and MASQUERADE silently
+//! moves the port). [`Nat`] picks each site's flavour. IPv6 is disabled in
+//! every namespace; nothing in the rig routes anywhere outside it.
+//!
+//! Veth pairs are created directly inside their namespaces (`ip -n NS link
+//! add X type veth peer name Y netns NS2`), so no interface of the lab ever
+//! appears in the root namespace other tests share. Dropping the [`Lab`]
+//! kills every process inside its namespaces and deletes them, also when
+//! the test panicked.
+
+#![allow(dead_code)]
+
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How a site's router translates its hosts' traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// Endpoint-independent mapping (`MASQUERADE`): one local socket keeps
+    /// one public port whatever the destination (the port is preserved when
+    /// free). Hole punching works.
+    EndpointIndependent,
+    /// Address-and-port-dependent mapping (`MASQUERADE --random`): every
+    /// destination sees a different public port. Direct UDP punching fails;
+    /// the relay must carry the traffic.
+    Symmetric,
+    /// [`Nat::EndpointIndependent`], and the router drops all forwarded UDP
+    /// (a site that allows only TCP out).
+    UdpBlocked,
+}
+
+/// A machine of the lab that runs programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// The relay host on the public segment.
+    Relay,
+    /// The host behind site A's router.
+    A,
+    /// The host behind site B's router.
+    B,
+}
+
+/// The relay's address on the public segment.
+pub const RELAY_IP: &str = "10.99.0.1";
+/// Site A's host (private).
+pub const HOST_A_IP: &str = "192.168.1.2";
+/// Site B's host (private).
+pub const HOST_B_IP: &str = "192.168.2.2";
+/// Site A's router on the public segment: what the relay sees of host A.
+pub const ROUTER_A_WAN_IP: &str = "10.99.0.11";
+/// Site B's router on the public segment: what the relay sees of host B.
+pub const ROUTER_B_WAN_IP: &str = "10.99.0.12";
+
+/// How long [`Lab::run`] waits for a command before killing it.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+/// One running lab: six namespaces, torn down on drop.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    a: Nat,
+    b: Nat,
+}
+
+impl Lab {
+    /// Build a lab whose site A uses NAT `a` and site B uses NAT `b`.
+    ///
+    /// Returns `None` when not root outside CI (after
+    /// [`proxymesh_suite::require_root`] printed why), so the test can skip;
+    /// in CI without root it panics. Any setup failure panics with the
+    /// failing command and its stderr, after tearing down what was built.
+    pub fn new(a: Nat, b: Nat) -> Option<Lab> {
+        if !proxymesh_suite::require_root("the NAT lab (network namespaces, iptables)") {
+            return None;
+        }
+        let prefix = format!(
+            "pm{}l{}",
+            std::process::id(),
+            LABS.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = Lab { prefix, a, b };
+        // Anything carrying this prefix was left by a dead process that had
+        // our pid: it is stale.
+        lab.teardown();
+        // If a step panics, `lab` is dropped while unwinding: teardown.
+        lab.build();
+        Some(lab)
+    }
+
+    /// The prefix of every namespace (and would-be root link) of this lab,
+    /// including the trailing `-`: `pm<pid>l<n>-`.
+    pub fn prefix(&self) -> String {
+        format!("{}-", self.prefix)
+    }
+
+    /// The NAT of `h`'s site (`None` for the relay).
+    pub fn nat(&self, h: Host) -> Option<Nat> {
+        match h {
+            Host::Relay => None,
+            Host::A => Some(self.a),
+            Host::B => Some(self.b),
+        }
+    }
+
+    /// The relay's address, `10.99.0.1`.
+    pub fn relay_ip(&self) -> &'static str {
+        RELAY_IP
+    }
+
+    /// `h`'s own address: the relay's, or a site host's private one.
+    pub fn host_ip(&self, h: Host) -> &'static str {
+        match h {
+            Host::Relay => RELAY_IP,
+            Host::A => HOST_A_IP,
+            Host::B => HOST_B_IP,
+        }
+    }
+
+    /// The address the public segment sees `h`'s traffic come from: the
+    /// relay's own, or its site router's WAN address.
+    pub fn public_ip(&self, h: Host) -> &'static str {
+        match h {
+            Host::Relay => RELAY_IP,
+            Host::A => ROUTER_A_WAN_IP,
+            Host::B => ROUTER_B_WAN_IP,
+        }
+    }
+
+    /// The namespace `h` runs in.
+    pub fn namespace(&self, h: Host) -> String {
+        self.ns(match h {
+            Host::Relay => "relay",
+            Host::A => "ha",
+            Host::B => "hb",
+        })
+    }
+
+    /// The namespace of `h`'s site router (`None` for the relay), e.g. to
+    /// inspect its conntrack table or add firewall rules.
+    pub fn router_namespace(&self, h: Host) -> Option<String> {
+        match h {
+            Host::Relay => None,
+            Host::A => Some(self.ns("ra")),
+            Host::B => Some(self.ns("rb")),
+        }
+    }
+
+    /// All six namespaces of the lab.
+    pub fn namespaces(&self) -> Vec<String> {
+        ["pub", "relay", "ra", "ha", "rb", "hb"]
+            .iter()
+            .map(|n| self.ns(n))
+            .collect()
+    }
+
+    /// `ip netns exec <ns of h> program`: add arguments, environment and
+    /// stdio as usual. The environment passes through to `program`.
+    pub fn command(&self, h: Host, program: impl AsRef<OsStr>) -> Command {
+        netns_command(&self.namespace(h), program)
+    }
+
+    /// Start `cmd` on `h`. `cmd` is either from [`Lab::command`] for the same
+    /// host (used as is, stdio included), or a plain command, which is moved
+    /// into the namespace with its program, arguments, environment and
+    /// working directory (not its stdio: stdin is null, stdout and stderr are
+    /// inherited). The process is killed (and reaped) when the returned
+    /// handle is dropped, and in any case when the lab is torn down, like
+    /// every other process inside the lab's namespaces.
+    pub fn spawn(&self, h: Host, cmd: Command) -> LabChild {
+        let mut cmd = self.in_lab(h, cmd, Stdio::inherit);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {} on {h:?}: {e}", show(&cmd)));
+        LabChild(child)
+    }
+
+    /// Run `cmd` (as for [`Lab::spawn`]) on `h` to completion, capturing
+    /// stdout and stderr. Panics if it runs longer than [`RUN_TIMEOUT`].
+    /// A failing exit status is the caller's to check.
+    pub fn run(&self, h: Host, cmd: Command) -> Output {
+        let mut cmd = self.in_lab(h, cmd, Stdio::piped);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let what = show(&cmd);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what} on {h:?}: {e}"));
+        let mut out_pipe = child.stdout.take().expect("stdout");
+        let mut err_pipe = child.stderr.take().expect("stderr");
+        let out = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = out_pipe.read_to_end(&mut v);
+            v
+        });
+        let err = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = err_pipe.read_to_end(&mut v);
+            v
+        });
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stdout = out.join().unwrap_or_default();
+                let stderr = err.join().unwrap_or_default();
+                panic!(
+                    "{what} on {h:?} still running after {RUN_TIMEOUT:?}; killed.\n\
+                     stdout: {}\nstderr: {}",
+                    String::from_utf8_lossy(&stdout),
+                    String::from_utf8_lossy(&stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Output {
+            status,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        }
+    }
+
+    /// Kill every process inside the lab's namespaces, delete the
+    /// namespaces (and with them their links and the bridge) and any root
+    /// namespace link carrying the prefix. Idempotent; never panics (it runs
+    /// from `Drop`, possibly while unwinding); problems are printed.
+    /// [`leftovers`] then finds nothing.
+    pub fn teardown(&self) {
+        let prefix = self.prefix();
+        let namespaces: Vec<String> = list_namespaces()
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        // SIGKILL everything inside, then wait for it to be gone: a deleted
+        // namespace lives on while a process is in it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids: Vec<i32> = namespaces.iter().flat_map(|n| netns_pids(n)).collect();
+            if pids.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!("natlab: processes {pids:?} in {prefix}* survive SIGKILL");
+                break;
+            }
+            for pid in pids {
+                // SAFETY: plain kill(2) of a process inside this lab's
+                // namespaces, which only this lab's commands entered.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for ns in namespaces.iter().rev() {
+            if let Err(e) = try_cmd(Command::new("ip").args(["netns", "del", ns])) {
+                eprintln!("natlab: {e}");
+            }
+        }
+        for link in root_links().into_iter().filter(|l| l.starts_with(&prefix)) {
+            if let Err(e) = try_cmd(Command::new("ip").args(["link", "del", &link])) {
+                eprintln!("natlab: {e}");
+            }
+        }
+    }
+
+    fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// Move `cmd` into `h`'s namespace unless it already is a lab command
+    /// (then check it is for `h`'s namespace).
+    fn in_lab(&self, h: Host, cmd: Command, out: fn() -> Stdio) -> Command {
+        let ns = self.namespace(h);
+        let args: Vec<&OsStr> = cmd.get_args().collect();
+        if cmd.get_program() == "ip" && args.len() >= 3 && args[..2] == ["netns", "exec"] {
+            assert!(
+                args[2] == OsStr::new(&ns),
+                "command {} is for namespace {:?}, not {h:?} ({ns})",
+                show(&cmd),
+                args[2]
+            );
+            return cmd;
+        }
+        let mut wrapped = netns_command(&ns, cmd.get_program());
+        wrapped.args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            wrapped.current_dir(dir);
+        }
+        wrapped.stdin(Stdio::null()).stdout(out()).stderr(out());
+        wrapped
+    }
+
+    /// Run a setup command in namespace `ns` (`None`: the root namespace's
+    /// `ip`, which names its own namespace with `-n`); panic on failure.
+    fn sh(&self, ns: Option<&str>, argv: &[&str]) {
+        let mut cmd = match ns {
+            Some(ns) => netns_command(ns, argv[0]),
+            None => Command::new(argv[0]),
+        };
+        cmd.args(&argv[1..]);
+        if let Err(e) = try_cmd(&mut cmd) {
+            panic!("NAT lab {} setup failed: {e}", self.prefix);
+        }
+    }
+
+    fn ip(&self, ns: &str, args: &str) {
+        let mut argv = vec!["ip", "-n", ns];
+        argv.extend(args.split_whitespace());
+        self.sh(None, &argv);
+    }
+
+    fn build(&self) {
+        let [pub_ns, relay, ra, ha, rb, hb]: [String; 6] =
+            self.namespaces().try_into().expect("six namespaces");
+        for ns in [&pub_ns, &relay, &ra, &ha, &rb, &hb] {
+            self.sh(None, &["ip", "netns", "add", ns]);
+            // Before any interface exists, so new ones inherit `default`.
+            self.sh(
+                Some(ns),
+                &[
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ],
+            );
+            self.ip(ns, "link set lo up");
+        }
+
+        // The public segment and the relay on it.
+        self.ip(&pub_ns, "link add br0 type bridge");
+        self.ip(&pub_ns, "link set br0 up");
+        self.ip(
+            &pub_ns,
+            &format!("link add relay type veth peer name eth0 netns {relay}"),
+        );
+        self.ip(&pub_ns, "link set relay master br0 up");
+        self.ip(&relay, &format!("addr add {RELAY_IP}/24 dev eth0"));
+        self.ip(&relay, "link set eth0 up");
+
+        for (port, router, host, wan, net, nat) in [
+            ("ra", &ra, &ha, ROUTER_A_WAN_IP, "192.168.1", self.a),
+            ("rb", &rb, &hb, ROUTER_B_WAN_IP, "192.168.2", self.b),
+        ] {
+            // Router WAN side, a port of the bridge.
+            self.ip(
+                &pub_ns,
+                &format!("link add {port} type veth peer name wan0 netns {router}"),
+            );
+            self.ip(&pub_ns, &format!("link set {port} master br0 up"));
+            self.ip(router, &format!("addr add {wan}/24 dev wan0"));
+            self.ip(router, "link set wan0 up");
+            // Router LAN side and the site host.
+            self.ip(
+                router,
+                &format!("link add lan0 type veth peer name eth0 netns {host}"),
+            );
+            self.ip(router, &format!("addr add {net}.1/24 dev lan0"));
+            self.ip(router, "link set lan0 up");
+            self.ip(host, &format!("addr add {net}.2/24 dev eth0"));
+            self.ip(host, "link set eth0 up");
+            self.ip(host, &format!("route add default via {net}.1"));
+
+            self.sh(
+                Some(router),
+                &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
+            );
+            let mut masquerade = "-t nat -A POSTROUTING -o wan0 -j MASQUERADE".to_string();
+            if nat == Nat::Symmetric {
+                masquerade.push_str(" --random");
+            }
+            let mut rules = vec![
+                masquerade.as_str(),
+                "-P FORWARD DROP",
+                "-A FORWARD -i lan0 -o wan0 -j ACCEPT",
+                "-A FORWARD -i wan0 -o lan0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+                "-A INPUT -i wan0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+                "-A INPUT -i wan0 -j DROP",
+            ];
+            if nat == Nat::UdpBlocked {
+                rules.push("-I FORWARD -p udp -j DROP");
+            }
+            for rule in rules {
+                let mut argv = vec!["iptables", "-w"];
+                argv.extend(rule.split_whitespace());
+                self.sh(Some(router), &argv);
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// A process started by [`Lab::spawn`]: a [`Child`] (through `Deref`)
+/// that is killed and reaped when dropped, so it never outlives its test nor
+/// lingers as a zombie.
+#[derive(Debug)]
+#[must_use = "dropping a LabChild kills the process"]
+pub struct LabChild(Child);
+
+impl std::ops::Deref for LabChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for LabChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for LabChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Namespaces and root-namespace links whose name starts with `prefix`
+/// (see [`Lab::prefix`]): empty once a lab is torn down.
+pub fn leftovers(prefix: &str) -> Vec<String> {
+    let mut found: Vec<String> = list_namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .map(|n| format!("netns {n}"))
+        .collect();
+    found.extend(
+        root_links()
+            .into_iter()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| format!("link {l}")),
+    );
+    found
+}
+
+fn netns_command(ns: &str, program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(program);
+    cmd
+}
+
+/// Run `cmd`; on failure, the command line, its status and its stderr.
+fn try_cmd(cmd: &mut Command) -> Result<String, String> {
+    let what = show(cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("`{what}` did not start: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{what}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn show(cmd: &Command) -> String {
+    let mut parts: Vec<OsString> = vec![cmd.get_program().to_owned()];
+    parts.extend(cmd.get_args().map(OsStr::to_owned));
+    parts
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn list_namespaces() -> Vec<String> {
+    match try_cmd(Command::new("ip").args(["netns", "list"])) {
+        // Lines look like `name` or `name (id: 3)`.
+        Ok(out) => out
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect(),
+        Err(e) => {
+            eprintln!("natlab: {e}");
+            Vec::new()
+        }
+    }
+}
+
+fn netns_pids(ns: &str) -> Vec<i32> {
+    try_cmd(Command::new("ip").args(["netns", "pids", ns]))
+        .map(|out| {
+            out.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn root_links() -> Vec<String> {
+    match try_cmd(Command::new("ip").args(["-o", "link", "show"])) {
+        // `7: name@peer: <FLAGS> ...`
+        Ok(out) => out
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect(),
+        Err(e) => {
+            eprintln!("natlab: {e}");
+            Vec::new()
+        }
+    }
+}
