@@ -1,33 +1,67 @@
-//! # proxymesh-relay
-//!
-//! The mesh's public meeting point: site daemons (`proxymeshd`) behind NATs
-//! reserve circuits here, find each other, and hole-punch direct connections.
-//!
-//! This version is a placeholder: single-site proxymesh needs no relay, and
-//! the relay service (libp2p relay v2, identify, AutoNAT, discovery) arrives
-//! with the mesh. It parses its future flags so scripts can be written now.
+//! `proxymesh-relay`: parse flags, log to stderr, print the dialable
+//! addresses on stdout, run until SIGINT or SIGTERM.
 
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
 use clap::Parser;
+use proxymesh_relay::{run, Args};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
 
-/// proxymesh relay (placeholder: the relay service arrives with the mesh).
-#[derive(Debug, Parser)]
-#[command(name = "proxymesh-relay", version, about)]
-struct Args {
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
-    host: String,
-    /// UDP (QUIC) and TCP port to listen on.
-    #[arg(long, default_value_t = 4001)]
-    port: u16,
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = match EnvFilter::try_new(&args.log) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!(
+                "proxymesh-relay: error: invalid --log filter {:?}: {e}",
+                args.log
+            );
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("proxymesh-relay: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("proxymesh-relay: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-fn main() {
-    let args = Args::parse();
-    eprintln!(
-        "proxymesh-relay {}: not implemented yet (would listen on {}:{}); \
-         single-site proxymesh needs no relay",
-        env!("CARGO_PKG_VERSION"),
-        args.host,
-        args.port
-    );
+async fn serve(args: Args) -> Result<()> {
+    let config = args.into_config()?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let relay = run(config).await?;
+
+    let mut stdout = std::io::stdout().lock();
+    for address in relay.addresses() {
+        writeln!(stdout, "{address}").context("cannot write to stdout")?;
+    }
+    stdout.flush().context("cannot write to stdout")?;
+    drop(stdout);
+
+    let shutdown = relay.shutdown_handle();
+    let mut running = tokio::spawn(relay.wait());
+    tokio::select! {
+        result = &mut running => return result.context("relay task failed")?,
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+    }
+    shutdown.shutdown();
+    running.await.context("relay task failed")?
 }

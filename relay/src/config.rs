@@ -1,0 +1,466 @@
+//! Command-line flags ([`Args`]) and the validated settings they produce
+//! ([`RelayConfig`]), with the defaults documented in one place.
+//!
+//! Sizes accept a plain byte count or a number with a unit: `K`/`KiB`,
+//! `M`/`MiB`, `G`/`GiB`, `T`/`TiB` are powers of 1024; `KB`, `MB`, `GB`,
+//! `TB` are powers of 1000 (`64GiB`, `1.5G`, `1KiB`, `4096`). Durations
+//! accept plain seconds or a number with `s`, `m`, `h` or `d` (`43200`,
+//! `12h`, `90m`).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
+
+/// Default TCP and UDP (QUIC) port.
+pub const DEFAULT_PORT: u16 = 4001;
+/// Default cap on the bytes one relayed connection may carry (both
+/// directions together): 64 GiB, generous because proxymesh relays trusted
+/// sites' object transfers when hole punching fails.
+pub const DEFAULT_MAX_CIRCUIT_BYTES: u64 = 64 << 30;
+/// Default cap on the lifetime of one relayed connection: 12 hours.
+pub const DEFAULT_MAX_CIRCUIT_DURATION: Duration = Duration::from_secs(12 * 3600);
+/// Default number of reservations the relay holds at once.
+pub const DEFAULT_MAX_RESERVATIONS: usize = 1024;
+/// Default number of reservations one peer may hold at once.
+pub const DEFAULT_MAX_RESERVATIONS_PER_PEER: usize = 4;
+/// Default lifetime of a reservation before the client must renew it (libp2p
+/// clients renew automatically).
+pub const DEFAULT_RESERVATION_DURATION: Duration = Duration::from_secs(3600);
+/// Default number of relayed connections open at once.
+pub const DEFAULT_MAX_CIRCUITS: usize = 256;
+/// Default number of relayed connections one peer may have open at once.
+pub const DEFAULT_MAX_CIRCUITS_PER_PEER: usize = 16;
+/// Default longest rendezvous registration TTL the relay grants.
+pub const DEFAULT_RENDEZVOUS_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest rendezvous registration TTL accepted.
+pub const RENDEZVOUS_MIN_TTL: Duration = Duration::from_secs(60);
+/// Default number of namespaces one peer may be registered under at once
+/// (a daemon registers under `proxymesh` plus one per endpoint).
+pub const DEFAULT_MAX_REGISTRATIONS_PER_PEER: usize = 256;
+/// Default tracing filter.
+pub const DEFAULT_LOG: &str = "info";
+
+/// proxymesh-relay: the mesh's relay, rendezvous point and AutoNAT server.
+///
+/// Site daemons behind NATs keep reservations here, find each other by
+/// rendezvous namespace, and hole-punch direct connections; when punching
+/// fails, their traffic is relayed within the circuit limits below.
+///
+/// On start the relay prints its dialable multiaddrs (each ending in
+/// /p2p/<peer id>) on stdout, one per line; logs go to stderr.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "proxymesh-relay", version, about, long_about)]
+pub struct Args {
+    /// IP address to listen on (IPv4 or IPv6; 0.0.0.0 / :: for every interface).
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub host: IpAddr,
+
+    /// Port for both QUIC (UDP) and TCP. 0 picks free ports, which may then
+    /// differ between QUIC and TCP.
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+
+    /// File holding the relay's persistent keypair (its peer ID); created on
+    /// first start. [default: $XDG_DATA_HOME/proxymesh/relay.key, i.e.
+    /// ~/.local/share/proxymesh/relay.key]
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+
+    /// Address at which peers reach this relay (repeatable), e.g.
+    /// /ip4/203.0.113.7/udp/4001/quic-v1. Without it, every concrete listen
+    /// address is used, which suits loopback, LANs and hosts with a public IP.
+    #[arg(long = "external-address", value_name = "MULTIADDR")]
+    pub external_addresses: Vec<Multiaddr>,
+
+    /// Most bytes one relayed connection may carry, both directions together
+    /// (0 = unlimited).
+    #[arg(long, value_name = "SIZE", default_value = "64GiB", value_parser = parse_size)]
+    pub max_circuit_bytes: u64,
+
+    /// Longest lifetime of one relayed connection (seconds, or 30m, 12h, ...).
+    #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = parse_duration)]
+    pub max_circuit_duration: Duration,
+
+    /// Most reservations held at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RESERVATIONS)]
+    pub max_reservations: usize,
+
+    /// Most reservations one peer may hold at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RESERVATIONS_PER_PEER)]
+    pub max_reservations_per_peer: usize,
+
+    /// Lifetime of a reservation; clients renew before it ends (seconds, or 1h, ...).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub reservation_duration: Duration,
+
+    /// Most relayed connections open at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CIRCUITS)]
+    pub max_circuits: usize,
+
+    /// Most relayed connections one peer may have open at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CIRCUITS_PER_PEER)]
+    pub max_circuits_per_peer: usize,
+
+    /// Longest rendezvous registration TTL granted (seconds, or 24h, ...).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub rendezvous_max_ttl: Duration,
+
+    /// Most rendezvous namespaces one peer may be registered under at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_REGISTRATIONS_PER_PEER)]
+    pub max_registrations_per_peer: usize,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or
+    /// `info,libp2p_relay=debug`. Logs go to stderr.
+    #[arg(long, value_name = "FILTER", env = "PROXYMESH_RELAY_LOG", default_value = DEFAULT_LOG)]
+    pub log: String,
+}
+
+/// Circuit and reservation limits of the relay v2 server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Most bytes one relayed connection may carry (0 = unlimited).
+    pub max_circuit_bytes: u64,
+    /// Longest lifetime of one relayed connection (1 s ..= u32::MAX s).
+    pub max_circuit_duration: Duration,
+    /// Most reservations held at once.
+    pub max_reservations: usize,
+    /// Most reservations one peer may hold at once.
+    pub max_reservations_per_peer: usize,
+    /// Lifetime of a reservation.
+    pub reservation_duration: Duration,
+    /// Most relayed connections open at once.
+    pub max_circuits: usize,
+    /// Most relayed connections one peer may have open at once.
+    pub max_circuits_per_peer: usize,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            max_circuit_bytes: DEFAULT_MAX_CIRCUIT_BYTES,
+            max_circuit_duration: DEFAULT_MAX_CIRCUIT_DURATION,
+            max_reservations: DEFAULT_MAX_RESERVATIONS,
+            max_reservations_per_peer: DEFAULT_MAX_RESERVATIONS_PER_PEER,
+            reservation_duration: DEFAULT_RESERVATION_DURATION,
+            max_circuits: DEFAULT_MAX_CIRCUITS,
+            max_circuits_per_peer: DEFAULT_MAX_CIRCUITS_PER_PEER,
+        }
+    }
+}
+
+/// Rendezvous server limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RendezvousLimits {
+    /// Longest registration TTL granted; longer requests are refused.
+    pub max_ttl: Duration,
+    /// Most namespaces one peer may be registered under at once.
+    pub max_registrations_per_peer: usize,
+}
+
+impl Default for RendezvousLimits {
+    fn default() -> Self {
+        RendezvousLimits {
+            max_ttl: DEFAULT_RENDEZVOUS_MAX_TTL,
+            max_registrations_per_peer: DEFAULT_MAX_REGISTRATIONS_PER_PEER,
+        }
+    }
+}
+
+/// Validated settings of one relay node; [`Default`] matches the flags'
+/// defaults except for the identity file, which has to be chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// IP address to listen on.
+    pub host: IpAddr,
+    /// Port for QUIC and TCP (0 = free ports).
+    pub port: u16,
+    /// Persistent keypair file.
+    pub identity: PathBuf,
+    /// Addresses announced to peers, without `/p2p`. Empty: the concrete
+    /// listen addresses are announced as they appear.
+    pub external_addresses: Vec<Multiaddr>,
+    /// Relay v2 limits.
+    pub relay: RelayLimits,
+    /// Rendezvous limits.
+    pub rendezvous: RendezvousLimits,
+}
+
+impl RelayConfig {
+    /// A config with default limits listening on `host:port` with the
+    /// keypair in `identity`.
+    pub fn new(host: IpAddr, port: u16, identity: impl Into<PathBuf>) -> Self {
+        RelayConfig {
+            host,
+            port,
+            identity: identity.into(),
+            external_addresses: Vec::new(),
+            relay: RelayLimits::default(),
+            rendezvous: RendezvousLimits::default(),
+        }
+    }
+
+    /// Check limits and addresses, normalizing external addresses (a trailing
+    /// `/p2p/<id>` is removed; [`crate::node`] checks it names this relay).
+    pub fn validate(&self) -> Result<()> {
+        let secs = self.relay.max_circuit_duration.as_secs();
+        if secs == 0 || secs > u64::from(u32::MAX) {
+            bail!(
+                "--max-circuit-duration must be between 1 second and {} seconds",
+                u32::MAX
+            );
+        }
+        if self.relay.reservation_duration.as_secs() == 0 {
+            bail!("--reservation-duration must be at least 1 second");
+        }
+        if self.relay.reservation_duration.as_secs() > u64::from(u32::MAX) {
+            bail!(
+                "--reservation-duration must be at most {} seconds",
+                u32::MAX
+            );
+        }
+        for (name, value) in [
+            ("--max-reservations", self.relay.max_reservations),
+            (
+                "--max-reservations-per-peer",
+                self.relay.max_reservations_per_peer,
+            ),
+            ("--max-circuits", self.relay.max_circuits),
+            ("--max-circuits-per-peer", self.relay.max_circuits_per_peer),
+            (
+                "--max-registrations-per-peer",
+                self.rendezvous.max_registrations_per_peer,
+            ),
+        ] {
+            if value == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        if self.rendezvous.max_ttl < RENDEZVOUS_MIN_TTL {
+            bail!(
+                "--rendezvous-max-ttl must be at least {} seconds",
+                RENDEZVOUS_MIN_TTL.as_secs()
+            );
+        }
+        if self.rendezvous.max_ttl.as_secs() > u64::from(u32::MAX) {
+            bail!("--rendezvous-max-ttl must be at most {} seconds", u32::MAX);
+        }
+        for addr in &self.external_addresses {
+            check_external_address(addr)?;
+        }
+        Ok(())
+    }
+}
+
+/// An external address must name a transport endpoint this relay serves
+/// directly: no relay hop, and nothing after an optional final `/p2p`.
+fn check_external_address(addr: &Multiaddr) -> Result<()> {
+    let mut protocols = addr.iter().peekable();
+    if protocols.peek().is_none() {
+        bail!("--external-address must not be empty");
+    }
+    while let Some(p) = protocols.next() {
+        match p {
+            Protocol::P2pCircuit => {
+                bail!("--external-address {addr} is a relayed address; give one this relay listens at")
+            }
+            Protocol::P2p(_) if protocols.peek().is_some() => {
+                bail!("--external-address {addr}: /p2p/<id> may only come last")
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl Args {
+    /// Validate the flags into a [`RelayConfig`], resolving the default
+    /// identity path.
+    pub fn into_config(self) -> Result<RelayConfig> {
+        let identity = match self.identity {
+            Some(path) => path,
+            None => default_identity_path()?,
+        };
+        let config = RelayConfig {
+            host: self.host,
+            port: self.port,
+            identity,
+            external_addresses: self.external_addresses,
+            relay: RelayLimits {
+                max_circuit_bytes: self.max_circuit_bytes,
+                max_circuit_duration: self.max_circuit_duration,
+                max_reservations: self.max_reservations,
+                max_reservations_per_peer: self.max_reservations_per_peer,
+                reservation_duration: self.reservation_duration,
+                max_circuits: self.max_circuits,
+                max_circuits_per_peer: self.max_circuits_per_peer,
+            },
+            rendezvous: RendezvousLimits {
+                max_ttl: self.rendezvous_max_ttl,
+                max_registrations_per_peer: self.max_registrations_per_peer,
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `$XDG_DATA_HOME/proxymesh/relay.key`, falling back to
+/// `$HOME/.local/share/proxymesh/relay.key` as the XDG spec says.
+pub fn default_identity_path() -> Result<PathBuf> {
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|home| home.join(".local/share"))
+        })
+        .context("neither XDG_DATA_HOME nor HOME is set; pass --identity FILE")?;
+    Ok(data_home.join("proxymesh").join("relay.key"))
+}
+
+/// Parse a byte size: a plain count, or a number with a binary (`K`, `KiB`,
+/// `M`, `MiB`, `G`, `GiB`, `T`, `TiB`) or decimal (`KB`, `MB`, `GB`, `TB`)
+/// unit; `B` is accepted too. Case-insensitive.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit = unit.trim();
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "unknown size unit {unit:?} in {text:?} (use e.g. 4096, 64KiB, 10MB, 64GiB)"
+            ))
+        }
+    };
+    if number.is_empty() {
+        return Err(format!(
+            "{text:?} is not a size (use e.g. 4096, 64KiB, 10MB, 64GiB)"
+        ));
+    }
+    if let Ok(n) = number.parse::<u64>() {
+        return n
+            .checked_mul(multiplier)
+            .ok_or_else(|| format!("size {text:?} is too large"));
+    }
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (use e.g. 4096, 64KiB, 10MB, 64GiB)"))?;
+    let bytes = n * multiplier as f64;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("size {text:?} is too large"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Parse a duration: plain seconds, or a whole number with `s`, `m`, `h` or
+/// `d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let seconds_per_unit: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration (use seconds, or e.g. 90s, 30m, 12h, 2d)"
+            ))
+        }
+    };
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a duration (use seconds, or e.g. 90s, 30m, 12h, 2d)")
+    })?;
+    n.checked_mul(seconds_per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert_eq!(parse_size("1k"), Ok(1024));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("64GiB"), Ok(64 << 30));
+        assert_eq!(parse_size("1.5 GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999TiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_duration("1.5h").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn defaults_match_documented_constants() {
+        let args = Args::try_parse_from(["proxymesh-relay", "--identity", "/tmp/x.key"]).unwrap();
+        let config = args.into_config().unwrap();
+        assert_eq!(config.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(config.port, DEFAULT_PORT);
+        assert_eq!(config.relay, RelayLimits::default());
+        assert_eq!(config.rendezvous, RendezvousLimits::default());
+        assert_eq!(config.relay.max_circuit_bytes, 64 << 30);
+    }
+
+    #[test]
+    fn invalid_settings_are_refused() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["proxymesh-relay", "--identity", "/tmp/x.key"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv)
+                .map_err(|e| e.to_string())
+                .and_then(|a| a.into_config().map_err(|e| e.to_string()))
+        };
+        assert!(parse(&["--max-circuit-duration", "0"])
+            .unwrap_err()
+            .contains("--max-circuit-duration"));
+        assert!(parse(&["--max-circuit-duration", "200000d"]).is_err());
+        assert!(parse(&["--max-circuits", "0"])
+            .unwrap_err()
+            .contains("--max-circuits"));
+        assert!(parse(&["--external-address", "/ip4/1.2.3.4/tcp/1/p2p-circuit"]).is_err());
+        assert!(parse(&["--external-address", "not-an-address"]).is_err());
+        assert!(parse(&["--host", "example.com"]).is_err());
+        assert!(parse(&["--port", "70000"]).is_err());
+        assert!(parse(&["--external-address", "/ip4/1.2.3.4/udp/4001/quic-v1"]).is_ok());
+    }
+}
