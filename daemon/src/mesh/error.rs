@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use libp2p::PeerId;
-use proxymesh::ObjectId;
 
+use super::protocol::RemoteName;
 use crate::storage::StorageError;
 
 /// What went wrong talking to another daemon.
@@ -25,7 +25,7 @@ pub enum MeshError {
         /// The peer.
         peer: PeerId,
         /// The object.
-        id: ObjectId,
+        id: RemoteName,
     },
     /// The peer refused the request.
     #[error("peer {peer} refused the request: {reason}")]
@@ -41,17 +41,17 @@ pub enum MeshError {
         /// The peer.
         peer: PeerId,
         /// The object.
-        id: ObjectId,
+        id: RemoteName,
         /// What did not match.
         reason: String,
     },
     /// A phase (connect, hole punch, request, idle stream) took too long.
-    #[error("timed out after {after:?} during {phase} with peer {peer}{}", id.map(|i| format!(" (object {i})")).unwrap_or_default())]
+    #[error("timed out after {after:?} during {phase} with peer {peer}{}", id.as_ref().map(|i| format!(" (object {i})")).unwrap_or_default())]
     TimedOut {
         /// The peer.
         peer: PeerId,
         /// The object, if the operation had one.
-        id: Option<ObjectId>,
+        id: Option<RemoteName>,
         /// Which phase.
         phase: &'static str,
         /// The limit that ran out.

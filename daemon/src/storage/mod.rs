@@ -58,6 +58,13 @@ pub enum ObjectName {
     Native(ObjectId),
     /// A ProxyStore endpoint key (arbitrary non-empty string).
     Endpoint(String),
+    /// This daemon's cached copy of native object `id` fetched from `peer`.
+    Remote {
+        /// The producer daemon.
+        peer: libp2p::PeerId,
+        /// The object's ID there.
+        id: ObjectId,
+    },
 }
 
 /// Storage settings.
