@@ -26,6 +26,7 @@ pub mod swarm;
 // Data plane.
 pub mod fetcher;
 pub mod protocol;
+pub mod singleflight;
 pub mod transfer;
 
 pub use error::MeshError;
