@@ -393,6 +393,49 @@ fn udp_blocked_site_gets_no_udp_but_tcp_works() {
     assert_eq!(seen.ip().to_string(), lab.public_ip(Host::B));
 }
 
+/// Code of the test process itself runs inside a lab host's namespace with
+/// `Lab::within`: it reaches what that host reaches, including its
+/// loopback, and nothing else.
+#[test]
+fn test_code_runs_inside_a_host_namespace() {
+    let Some(lab) = Lab::new(Nat::EndpointIndependent, Nat::EndpointIndependent) else {
+        return;
+    };
+    let _echo = start_echo(&lab, Host::A, &format!("tcp:{TCP_PORT}"));
+    let ask = |addr: String| {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| format!("{:?}", e.kind()))?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text).map_err(|e| e.to_string())?;
+        Ok::<_, String>(text.trim().to_string())
+    };
+    // Host A's loopback, from the test process.
+    let seen = lab.within(Host::A, || ask(at("127.0.0.1", TCP_PORT)));
+    println!("within A -> 127.0.0.1: echo saw {seen:?}");
+    assert!(seen.unwrap().starts_with("127.0.0.1:"));
+    // The relay cannot reach it, from the test process either.
+    let from_relay = lab.within(Host::Relay, || ask(at(lab.host_ip(Host::A), TCP_PORT)));
+    println!("within relay -> A: {from_relay:?}");
+    assert!(from_relay.is_err(), "{from_relay:?}");
+    // A socket opened inside keeps working from this (root namespace) thread.
+    let sock = lab.within(Host::A, || UdpSocket::bind("0.0.0.0:0").unwrap());
+    let relay_echo = start_echo(&lab, Host::Relay, &format!("udp:{UDP_PORT_1}"));
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    sock.send_to(b"hi", at(lab.relay_ip(), UDP_PORT_1)).unwrap();
+    let mut buf = [0u8; 100];
+    let (n, _) = sock.recv_from(&mut buf).expect("relay echo answers");
+    let seen = String::from_utf8_lossy(&buf[..n]).into_owned();
+    println!("A's socket used outside: relay saw {seen}");
+    assert!(seen.starts_with(&format!("{}:", lab.public_ip(Host::A))));
+    drop(relay_echo);
+    // A panic inside reaches the caller.
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        lab.within(Host::B, || panic!("deliberate panic inside a namespace"))
+    }));
+    assert!(panicked.is_err());
+}
+
 /// Whether `child` has exited, within 2 s (reaps it).
 fn exited(child: &mut LabChild) -> bool {
     for _ in 0..100 {

@@ -255,6 +255,32 @@ impl Lab {
         }
     }
 
+    /// Run `f` in this process, on a thread inside `h`'s network namespace,
+    /// and return its result: sockets it opens live in that namespace (and
+    /// stay there when used from other threads afterwards). This is how a
+    /// test talks to a daemon whose API listens on `127.0.0.1` inside a
+    /// site, e.g. with [`proxymesh_suite::http`]. Only the network namespace
+    /// changes (the file system is the test's own); a panic in `f` is
+    /// re-raised here.
+    pub fn within<T: Send>(&self, h: Host, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.namespace(h));
+        std::thread::scope(|scope| {
+            let thread = scope.spawn(|| {
+                let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                // SAFETY: setns(2) on a valid descriptor; it moves only this
+                // (fresh, scoped) thread into the namespace.
+                let rc = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET)
+                };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            });
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
     /// Kill every process inside the lab's namespaces, delete the
     /// namespaces (and with them their links and the bridge) and any root
     /// namespace link carrying the prefix. Idempotent; never panics (it runs
