@@ -52,7 +52,7 @@ pub const DEFAULT_LOG: &str = "info";
 /// fails, their traffic is relayed within the circuit limits below.
 ///
 /// On start the relay prints its dialable multiaddrs (each ending in
-/// /p2p/<peer id>) on stdout, one per line; logs go to stderr.
+/// `/p2p/PEER_ID`) on stdout, one per line; logs go to stderr.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "proxymesh-relay", version, about, long_about)]
 pub struct Args {
@@ -106,7 +106,8 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CIRCUITS_PER_PEER)]
     pub max_circuits_per_peer: usize,
 
-    /// Longest rendezvous registration TTL granted (seconds, or 24h, ...).
+    /// Longest rendezvous registration TTL granted (seconds, or 24h, ...);
+    /// registrations that name no TTL ask for 2h, so keep this at 2h or more.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub rendezvous_max_ttl: Duration,
 
