@@ -5,11 +5,14 @@
 //! cargo run --release --example quickstart -- 1GiB    # and a 1 GiB object too
 //! ```
 //!
-//! Starts a site daemon (in this process, on a free loopback port, with a
-//! throw-away data directory), puts objects through the SDK and wraps them in
-//! proxies, then hands the proxies — a few hundred bytes of JSON each — to a
-//! *separate consumer process*, which resolves them through the daemon on
-//! first use and checks every byte. Prints what moved and how fast.
+//! Starts a relay and two site daemons, A and B (in this process, on free
+//! loopback ports, with throw-away data directories). The producer puts
+//! objects at site A through the SDK and wraps them in proxies, then hands
+//! the proxies — a few hundred bytes of JSON each — to a *separate consumer
+//! process* that only knows site B's daemon. First use of each proxy makes
+//! daemon B fetch the bytes straight from daemon A over the mesh (through the
+//! relay, upgraded to a direct connection), verify and cache them. Prints
+//! what moved, over which path, and how fast.
 
 use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
@@ -80,17 +83,35 @@ async fn main() -> anyhow::Result<()> {
         sizes.push(parse_size(&arg).map_err(anyhow::Error::msg)?);
     }
 
-    // 1. A site daemon. In production this is `proxymeshd`, one per site.
+    // 1. A relay and two site daemons. In production these are
+    //    `proxymesh-relay` on a public host and one `proxymeshd` per site.
     let data = tempfile::tempdir()?;
-    let daemon = Daemon::start(Config {
-        data_dir: data.path().to_path_buf(),
-        api: "127.0.0.1:0".parse()?,
-        ..Config::default()
-    })
+    let relay = proxymesh_relay::run(proxymesh_relay::RelayConfig::new(
+        [127, 0, 0, 1].into(),
+        0,
+        data.path().join("relay.key"),
+    ))
     .await?;
-    let api = daemon.api_addr().to_string();
+    let relays: Vec<String> = relay.addresses().iter().map(|a| a.to_string()).collect();
+    let site = |name: &str| Config {
+        data_dir: data.path().join(name),
+        api: "127.0.0.1:0".parse().expect("addr"),
+        relays: relays.clone(),
+        listen_host: [127, 0, 0, 1].into(),
+        listen_port: Some(0),
+        ..Config::default()
+    };
+    let site_a = Daemon::start(site("site-a")).await?;
+    let site_b = Daemon::start(site("site-b")).await?;
+    for d in [&site_a, &site_b] {
+        wait_reserved(d).await?;
+    }
+    let api = site_a.api_addr().to_string();
+    let api_b = site_b.api_addr().to_string();
     println!("proxymesh quickstart");
-    println!("  daemon    peer {} at http://{api}", daemon.peer_id());
+    println!("  relay     {}", relays[0]);
+    println!("  site A    daemon {} at http://{api}", site_a.peer_id());
+    println!("  site B    daemon {} at http://{api_b}", site_b.peer_id());
 
     // 2. The producer: put objects, make proxies.
     let store = Store::new("quickstart", Arc::new(DaemonConnector::new(&api)?));
@@ -135,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
     // 3. The consumer: another OS process that only gets the proxies.
     let mut child = Command::new(std::env::current_exe()?)
         .arg("--consumer")
-        .env(proxymesh::api::API_ENV, &api)
+        .env(proxymesh::api::API_ENV, &api_b)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -152,17 +173,37 @@ async fn main() -> anyhow::Result<()> {
     if !out.status.success() {
         bail!("the consumer failed ({})", out.status);
     }
-    let status = DaemonConnector::new(&api)?.status().await?;
+    let status = DaemonConnector::new(&api_b)?.status().await?;
+    let mesh = status.mesh.unwrap_or_default();
+    let path = mesh
+        .peers
+        .iter()
+        .find(|p| p.peer_id == site_a.peer_id().to_string())
+        .and_then(|p| p.connections.first())
+        .map(|c| format!("{:?}/{:?}", c.path, c.transport).to_lowercase())
+        .unwrap_or_else(|| "closed".into());
     println!(
-        "  daemon    holds {} objects, {} ({} in memory, {} on disk)",
-        status.objects,
-        human(status.bytes),
-        human(status.memory_bytes),
-        human(status.disk_bytes)
+        "  site B    fetched from site A in {} transfers over a {path} connection; caches {}",
+        mesh.transfers,
+        human(status.bytes)
     );
-    daemon.shutdown().await?;
-    println!("ok: every object resolved in another process and matched its BLAKE3 hash");
+    site_b.shutdown().await?;
+    site_a.shutdown().await?;
+    relay.shutdown().await?;
+    println!("ok: every object made at site A resolved at site B in another process and matched its BLAKE3 hash");
     Ok(())
+}
+
+/// Wait until a daemon holds a relay reservation (then its keys name a circuit).
+async fn wait_reserved(d: &Daemon) -> anyhow::Result<()> {
+    let mesh = d.mesh().context("mesh enabled")?;
+    for _ in 0..300 {
+        if mesh.status().relays.iter().any(|r| r.reserved) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    bail!("daemon {} got no relay reservation", d.peer_id())
 }
 
 /// The consumer process: read proxies, touch them (first use resolves through

@@ -362,7 +362,13 @@ impl RelayProcess {
 
     /// Start a relay with `identity` on `port`.
     pub fn start_with(identity: &Path, port: u16, extra: &[&str]) -> Self {
-        let (child, addrs) = Self::spawn(identity, port, extra);
+        let (child, addrs) = Self::spawn(
+            Command::new(bin_path("proxymesh-relay")),
+            "127.0.0.1",
+            identity,
+            port,
+            extra,
+        );
         Self {
             child: Some(child),
             addrs,
@@ -372,19 +378,32 @@ impl RelayProcess {
         }
     }
 
-    fn spawn(identity: &Path, port: u16, extra: &[&str]) -> (Child, Vec<String>) {
-        let mut child = Command::new(bin_path("proxymesh-relay"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--identity",
-            ])
+    /// Start `cmd` (a `proxymesh-relay` command line, e.g. wrapped in `ip
+    /// netns exec`) on `host`:`port` with `identity`; wait for its addresses.
+    pub fn start_cmd(cmd: Command, host: &str, identity: &Path, port: u16, extra: &[&str]) -> Self {
+        let (child, addrs) = Self::spawn(cmd, host, identity, port, extra);
+        Self {
+            child: Some(child),
+            addrs,
+            port,
+            identity: identity.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        host: &str,
+        identity: &Path,
+        port: u16,
+        extra: &[&str],
+    ) -> (Child, Vec<String>) {
+        let mut child = cmd
+            .args(["--host", host, "--port", &port.to_string(), "--identity"])
             .arg(identity)
             .args(extra)
             .env(
-                "RUST_LOG",
+                "PROXYMESH_RELAY_LOG",
                 std::env::var("PROXYMESH_RELAY_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null())
@@ -460,7 +479,13 @@ impl RelayProcess {
     /// Start it again with the same identity and port.
     pub fn restart(&mut self) {
         self.kill();
-        let (child, addrs) = Self::spawn(&self.identity, self.port, &[]);
+        let (child, addrs) = Self::spawn(
+            Command::new(bin_path("proxymesh-relay")),
+            "127.0.0.1",
+            &self.identity,
+            self.port,
+            &[],
+        );
         self.child = Some(child);
         self.addrs = addrs;
     }
