@@ -1,5 +1,8 @@
 //! The relay's libp2p protocols, combined into one [`NetworkBehaviour`].
 
+use std::num::NonZeroU32;
+use std::time::Duration;
+
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{autonat, identify, ping, relay, rendezvous};
@@ -44,19 +47,32 @@ impl RelayBehaviour {
     pub fn new(key: &Keypair, config: &RelayConfig) -> Self {
         let peer_id = key.public().to_peer_id();
         let limits = &config.relay;
-        // Keep libp2p's per-peer and per-IP rate limiters (they stop a
-        // misbehaving peer from churning reservations), but replace its
-        // circuit limits (128 KiB / 2 min), far too small for object transfer.
-        let relay_config = relay::Config {
+        // libp2p's circuit limits (128 KiB / 2 min) are far too small for
+        // object transfer, and its circuit rate limits too tight for a mesh in
+        // which every new daemon-to-daemon connection starts relayed.
+        let mut relay_config = relay::Config {
             max_reservations: limits.max_reservations,
             max_reservations_per_peer: limits.max_reservations_per_peer,
             reservation_duration: limits.reservation_duration,
+            reservation_rate_limiters: Vec::new(),
             max_circuits: limits.max_circuits,
             max_circuits_per_peer: limits.max_circuits_per_peer,
             max_circuit_duration: limits.max_circuit_duration,
             max_circuit_bytes: limits.max_circuit_bytes,
-            ..relay::Config::default()
+            circuit_src_rate_limiters: Vec::new(),
         };
+        if let Some((burst, every)) = per_hour(limits.reservation_rate_per_peer) {
+            relay_config = relay_config.reservation_rate_per_peer(burst, every);
+        }
+        if let Some((burst, every)) = per_hour(limits.reservation_rate_per_ip) {
+            relay_config = relay_config.reservation_rate_per_ip(burst, every);
+        }
+        if let Some((burst, every)) = per_hour(limits.circuit_rate_per_peer) {
+            relay_config = relay_config.circuit_src_per_peer(burst, every);
+        }
+        if let Some((burst, every)) = per_hour(limits.circuit_rate_per_ip) {
+            relay_config = relay_config.circuit_src_per_ip(burst, every);
+        }
         let rendezvous_config = rendezvous::server::Config::default()
             .with_min_ttl(RENDEZVOUS_MIN_TTL.as_secs())
             .with_max_ttl(config.rendezvous.max_ttl.as_secs())
@@ -79,5 +95,35 @@ impl RelayBehaviour {
             ),
             rendezvous: rendezvous::server::Behaviour::new(rendezvous_config),
         }
+    }
+}
+
+/// A token bucket allowing `n` per hour: a burst of `n`, then one every
+/// hour/`n`. `None` for 0 (unlimited).
+fn per_hour(n: u32) -> Option<(NonZeroU32, Duration)> {
+    let n = NonZeroU32::new(n)?;
+    Some((n, Duration::from_secs(3600) / n.get()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hourly_rates_become_token_buckets() {
+        assert_eq!(per_hour(0), None);
+        // libp2p's defaults: 30 per peer (one per 2 min), 60 per IP (one per minute).
+        assert_eq!(
+            per_hour(30),
+            Some((NonZeroU32::new(30).unwrap(), Duration::from_secs(120)))
+        );
+        assert_eq!(
+            per_hour(60),
+            Some((NonZeroU32::new(60).unwrap(), Duration::from_secs(60)))
+        );
+        assert_eq!(
+            per_hour(7200),
+            Some((NonZeroU32::new(7200).unwrap(), Duration::from_millis(500)))
+        );
     }
 }

@@ -35,6 +35,15 @@ pub const DEFAULT_RESERVATION_DURATION: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_CIRCUITS: usize = 256;
 /// Default number of relayed connections one peer may have open at once.
 pub const DEFAULT_MAX_CIRCUITS_PER_PEER: usize = 16;
+/// Default reservations one peer may make per hour (libp2p's default).
+pub const DEFAULT_RESERVATION_RATE_PER_PEER: u32 = 30;
+/// Default reservations one IP address may make per hour (libp2p's default).
+pub const DEFAULT_RESERVATION_RATE_PER_IP: u32 = 60;
+/// Default relayed connections one peer may open per hour: well above
+/// libp2p's 30, since every new daemon-to-daemon connection starts relayed.
+pub const DEFAULT_CIRCUIT_RATE_PER_PEER: u32 = 600;
+/// Default relayed connections one IP address (a site's NAT) may open per hour.
+pub const DEFAULT_CIRCUIT_RATE_PER_IP: u32 = 1200;
 /// Default longest rendezvous registration TTL the relay grants.
 pub const DEFAULT_RENDEZVOUS_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Shortest rendezvous registration TTL accepted.
@@ -106,6 +115,23 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CIRCUITS_PER_PEER)]
     pub max_circuits_per_peer: usize,
 
+    /// Reservations one peer may make per hour (a burst of this many, then
+    /// one every hour/N; 0 = unlimited).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RESERVATION_RATE_PER_PEER)]
+    pub reservation_rate_per_peer: u32,
+
+    /// Reservations one IP address may make per hour (0 = unlimited).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RESERVATION_RATE_PER_IP)]
+    pub reservation_rate_per_ip: u32,
+
+    /// Relayed connections one peer may open per hour (0 = unlimited).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CIRCUIT_RATE_PER_PEER)]
+    pub circuit_rate_per_peer: u32,
+
+    /// Relayed connections one IP address may open per hour (0 = unlimited).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CIRCUIT_RATE_PER_IP)]
+    pub circuit_rate_per_ip: u32,
+
     /// Longest rendezvous registration TTL granted (seconds, or 24h, ...);
     /// registrations that name no TTL ask for 2h, so keep this at 2h or more.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
@@ -138,6 +164,14 @@ pub struct RelayLimits {
     pub max_circuits: usize,
     /// Most relayed connections one peer may have open at once.
     pub max_circuits_per_peer: usize,
+    /// Reservations per peer and hour (0 = unlimited).
+    pub reservation_rate_per_peer: u32,
+    /// Reservations per IP address and hour (0 = unlimited).
+    pub reservation_rate_per_ip: u32,
+    /// Relayed connections opened per source peer and hour (0 = unlimited).
+    pub circuit_rate_per_peer: u32,
+    /// Relayed connections opened per source IP address and hour (0 = unlimited).
+    pub circuit_rate_per_ip: u32,
 }
 
 impl Default for RelayLimits {
@@ -150,6 +184,10 @@ impl Default for RelayLimits {
             reservation_duration: DEFAULT_RESERVATION_DURATION,
             max_circuits: DEFAULT_MAX_CIRCUITS,
             max_circuits_per_peer: DEFAULT_MAX_CIRCUITS_PER_PEER,
+            reservation_rate_per_peer: DEFAULT_RESERVATION_RATE_PER_PEER,
+            reservation_rate_per_ip: DEFAULT_RESERVATION_RATE_PER_IP,
+            circuit_rate_per_peer: DEFAULT_CIRCUIT_RATE_PER_PEER,
+            circuit_rate_per_ip: DEFAULT_CIRCUIT_RATE_PER_IP,
         }
     }
 }
@@ -299,6 +337,10 @@ impl Args {
                 reservation_duration: self.reservation_duration,
                 max_circuits: self.max_circuits,
                 max_circuits_per_peer: self.max_circuits_per_peer,
+                reservation_rate_per_peer: self.reservation_rate_per_peer,
+                reservation_rate_per_ip: self.reservation_rate_per_ip,
+                circuit_rate_per_peer: self.circuit_rate_per_peer,
+                circuit_rate_per_ip: self.circuit_rate_per_ip,
             },
             rendezvous: RendezvousLimits {
                 max_ttl: self.rendezvous_max_ttl,

@@ -240,3 +240,30 @@ async fn circuit_duration_limit_cuts_the_relayed_connection() {
         "relayed connection lived {lifetime:?} under a 3 s limit"
     );
 }
+
+#[tokio::test]
+async fn circuit_rate_limit_refuses_a_second_circuit() {
+    let (relay, _dir) = RelayProcess::start(&["--circuit-rate-per-peer", "1"]);
+    let (a, mut b) = relayed_pair(&relay).await;
+    let a_id = a.peer_id;
+    b.with(move |s| {
+        s.disconnect_peer_id(a_id).unwrap();
+    });
+    closed(&mut b, a_id, WAIT).await;
+    let target = relay
+        .tcp()
+        .with(Protocol::P2pCircuit)
+        .with(Protocol::P2p(a_id));
+    b.with(move |s| s.dial(target).expect("dial A via the relay"));
+    b.wait_for("the second circuit to be refused", WAIT, |e| match e {
+        SwarmEvent::ConnectionEstablished { peer_id, .. } if *peer_id == a_id => {
+            panic!("a second circuit within the hour was allowed")
+        }
+        SwarmEvent::OutgoingConnectionError {
+            peer_id: Some(p), ..
+        } if *p == a_id => Some(()),
+        _ => None,
+    })
+    .await;
+    relay.wait_for_log("circuit refused", 1, Duration::from_secs(10));
+}
