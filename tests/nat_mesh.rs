@@ -5,6 +5,7 @@
 //! 1. both sites behind endpoint-independent NATs → direct (hole-punched);
 //! 2. site B behind a symmetric NAT → the punch must fail → over the relay;
 //! 3. UDP blocked at site B → over TCP.
+//!
 //! Needs root: fails in CI without it, skips with a reason elsewhere.
 
 mod natlab;

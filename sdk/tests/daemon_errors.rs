@@ -354,6 +354,7 @@ async fn requests_and_answers_follow_the_api() {
                 data_dir: "/tmp".into(),
                 api: "127.0.0.1:7878".into(),
                 uptime_secs: 3,
+                mesh: None,
             },
         ),
         ("GET", p) if p.starts_with("/v1/objects/") => {

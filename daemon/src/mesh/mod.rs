@@ -143,7 +143,7 @@ impl Mesh {
             .with_quic()
             .with_dns()?
             .with_relay_client(noise::Config::new, yamux::Config::default)?
-            .with_behaviour(|kp, relay| behaviour::Behaviour::new(kp, relay))?
+            .with_behaviour(behaviour::Behaviour::new)?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
             .build();
         let peer_id = *swarm.local_peer_id();
@@ -379,10 +379,8 @@ impl StreamOpener for SwarmOpener {
             .wait_for(deadline, |s| {
                 let (direct, relayed) = s.paths(&peer);
                 let punch_over = s.punch_failed.contains_key(&peer);
-                ((direct && !relayed)
-                    || (!direct && relayed && punch_over)
-                    || (!direct && !relayed))
-                    .then_some(())
+                // Direct only; relayed after a failed punch; or nothing left.
+                (if direct { !relayed } else { !relayed || punch_over }).then_some(())
             })
             .await;
         let Some((path, transport)) = self.shared.read(|s| s.best(&peer)) else {

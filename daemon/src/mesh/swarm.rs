@@ -500,12 +500,10 @@ impl Driver {
                 peer_id: Some(peer),
                 error,
                 ..
-            } => {
-                if self.shared.read(|s| !s.conns.contains_key(&peer)) {
-                    tracing::debug!(%peer, %error, "dial failed");
-                    self.shared
-                        .write(|s| s.dial_failed.insert(peer, error.to_string()));
-                }
+            } if self.shared.read(|s| !s.conns.contains_key(&peer)) => {
+                tracing::debug!(%peer, %error, "dial failed");
+                self.shared
+                    .write(|s| s.dial_failed.insert(peer, error.to_string()));
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour(event),
             _ => {}
