@@ -1,22 +1,66 @@
-//! STUB (the data-plane owner replaces this): fetching with verification,
-//! caching and coalescing.
-use std::sync::Arc;
-use std::time::Duration;
+//! Fetching objects from other daemons: verified, cached, coalesced.
+//!
+//! A [`Fetcher::get`] of a native object first looks for this daemon's
+//! cached copy (stored as [`ObjectName::Remote`]). Otherwise it opens a
+//! stream through the [`StreamOpener`], sends a get, and returns
+//! [`Fetched::Streaming`] as soon as the answer's header arrives. A task
+//! then moves the bytes: it reads them from the network (an idle timeout on
+//! every read), checks size and BLAKE3 as they arrive, writes them into a
+//! storage writer for the cache and passes them through a bounded channel to
+//! the returned body. The pipeline holds a few chunks at most; a slow reader
+//! of the body slows the transfer down (back-pressure), and a reader that
+//! goes away does not stop the transfer into the cache.
+//!
+//! - **Verification**: the last chunk is released only after the hash
+//!   matched, so a corrupt or truncated transfer always ends the body with an
+//!   `io::Error` naming the peer and object, and the cache writer is dropped
+//!   (nothing visible). On success the cached copy is committed before the
+//!   body ends.
+//! - **Cache**: cached copies are tracked in an LRU with their sizes; when
+//!   their total exceeds [`FetchConfig::cache_cap`] the least recently used
+//!   are evicted from storage. Objects larger than the cap are not cached.
+//!   Only native objects are cached: their bytes never change, whereas a
+//!   ProxyStore key can be set again.
+//! - **Coalescing**: concurrent gets of one (peer, object) make one
+//!   transfer. Followers wait until the leader's transfer has finished and
+//!   then read the committed copy ([`Fetched::Cached`]), or get the same
+//!   typed error.
 
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 use libp2p::{Multiaddr, PeerId};
+use lru::LruCache;
+use proxymesh::ObjectId;
+use tokio::sync::mpsc;
 
 use super::protocol::RemoteName;
+use super::singleflight::{Join, Leader, SingleFlight};
+use super::transfer::{self, Body, Timeouts};
 use super::{MeshError, PathInfo, StreamOpener};
-use crate::storage::{ChunkStream, ObjectReader, Storage};
+use crate::storage::{ChunkStream, ObjectName, ObjectReader, ObjectWriter, Storage, StorageError};
+
+#[cfg(test)]
+mod tests;
+
+/// Chunks buffered between the network task and the body handed out
+/// (each up to [`transfer::CHUNK`] bytes).
+const PIPELINE_CHUNKS: usize = 8;
 
 /// Fetch settings.
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
-    /// Longest wait for an answer's header.
+    /// Longest wait from sending a request to the answer's header.
     pub header_timeout: Duration,
-    /// Longest time without bytes.
+    /// Longest time without a byte arriving while an object streams in;
+    /// then the transfer fails with [`MeshError::TimedOut`].
     pub idle_timeout: Duration,
-    /// Bytes of cached copies kept.
+    /// Total bytes of cached copies kept; least recently used beyond it are
+    /// evicted.
     pub cache_cap: u64,
 }
 
@@ -32,77 +76,501 @@ impl Default for FetchConfig {
 
 /// A fetched object.
 pub enum Fetched {
-    /// Already here.
+    /// This daemon's cached copy.
     Cached {
         /// The cached copy.
         reader: ObjectReader,
     },
-    /// Arriving.
+    /// Arriving from the peer now.
     Streaming {
-        /// Size.
+        /// Size in bytes.
         size: u64,
-        /// Announced hash.
+        /// BLAKE3 hash announced by the peer (the body fails if the bytes
+        /// do not match it).
         hash: blake3::Hash,
-        /// The path it takes.
+        /// The path the transfer takes.
         path: PathInfo,
-        /// The bytes.
+        /// The bytes, as they arrive.
         body: ChunkStream,
     },
 }
 
-/// Fetches objects from other daemons.
+impl fmt::Debug for Fetched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fetched::Cached { reader } => f
+                .debug_struct("Cached")
+                .field("meta", reader.meta())
+                .finish(),
+            Fetched::Streaming {
+                size, hash, path, ..
+            } => f
+                .debug_struct("Streaming")
+                .field("size", size)
+                .field("hash", hash)
+                .field("path", path)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// How a coalesced fetch ended, as its followers see it.
 #[derive(Clone)]
-pub struct Fetcher {}
+enum Outcome {
+    /// The object is committed to the cache.
+    Cached,
+    /// The transfer succeeded (or was abandoned) but left no cached copy.
+    NotCached,
+    /// The transfer failed.
+    Failed(Arc<MeshError>),
+}
+
+type CacheKey = (PeerId, ObjectId);
+
+/// Sizes of the cached copies, least recently used first out.
+struct CacheIndex {
+    lru: LruCache<CacheKey, u64>,
+    bytes: u64,
+}
+
+struct Inner {
+    storage: Arc<Storage>,
+    opener: Arc<dyn StreamOpener>,
+    config: FetchConfig,
+    flights: SingleFlight<CacheKey, Outcome>,
+    cache: Mutex<CacheIndex>,
+    transfers: AtomicU64,
+}
+
+/// Fetches objects from other daemons (cheap to clone).
+#[derive(Clone)]
+pub struct Fetcher {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("config", &self.inner.config)
+            .field("transfers", &self.transfers())
+            .field("cached_bytes", &self.cached_bytes())
+            .finish()
+    }
+}
 
 impl Fetcher {
-    /// A fetcher.
-    pub fn new(
-        _storage: Arc<Storage>,
-        _opener: Arc<dyn StreamOpener>,
-        _config: FetchConfig,
-    ) -> Self {
-        todo!()
+    /// A fetcher caching into `storage` and reaching peers through `opener`.
+    pub fn new(storage: Arc<Storage>, opener: Arc<dyn StreamOpener>, config: FetchConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                storage,
+                opener,
+                config,
+                flights: SingleFlight::new(),
+                cache: Mutex::new(CacheIndex {
+                    lru: LruCache::unbounded(),
+                    bytes: 0,
+                }),
+                transfers: AtomicU64::new(0),
+            }),
+        }
     }
-    /// Get.
+
+    /// Object `name` of `peer` (reached through `addrs` if not connected):
+    /// the cached copy, or the bytes as they arrive (see the module docs).
     pub async fn get(
         &self,
-        _peer: PeerId,
-        _name: RemoteName,
-        _addrs: &[Multiaddr],
+        peer: PeerId,
+        name: RemoteName,
+        addrs: &[Multiaddr],
     ) -> Result<Fetched, MeshError> {
-        todo!()
+        let RemoteName::Native(id) = name else {
+            return self.fetch(peer, name, addrs, None).await;
+        };
+        let key = (peer, id);
+        loop {
+            match self.inner.flights.join(key) {
+                Join::Leader(leader) => {
+                    if let Some(reader) = self.cached(key).await? {
+                        leader.complete(Outcome::Cached);
+                        return Ok(Fetched::Cached { reader });
+                    }
+                    return self.fetch(peer, name, addrs, Some(leader)).await;
+                }
+                Join::Follower(follower) => match follower.wait().await {
+                    Ok(Outcome::Cached) => {
+                        if let Some(reader) = self.cached(key).await? {
+                            return Ok(Fetched::Cached { reader });
+                        }
+                        // Evicted meanwhile: fetch again.
+                    }
+                    Ok(Outcome::Failed(e)) => return Err(duplicate(&e)),
+                    // Nothing to read: lead (or follow) a new fetch.
+                    Ok(Outcome::NotCached) | Err(_) => {}
+                },
+            }
+        }
     }
-    /// Exists.
+
+    /// Whether `peer` has `name`.
     pub async fn exists(
         &self,
-        _peer: PeerId,
-        _name: RemoteName,
-        _addrs: &[Multiaddr],
+        peer: PeerId,
+        name: RemoteName,
+        addrs: &[Multiaddr],
     ) -> Result<bool, MeshError> {
-        todo!()
+        let (stream, _) = self.inner.opener.open(peer, addrs).await?;
+        transfer::exists(stream, peer, &name, self.timeouts()).await
     }
-    /// Evict.
+
+    /// Make `peer` remove `name`, and drop this daemon's cached copy of it.
+    /// Whether the peer had it.
     pub async fn evict(
         &self,
-        _peer: PeerId,
-        _name: RemoteName,
-        _addrs: &[Multiaddr],
+        peer: PeerId,
+        name: RemoteName,
+        addrs: &[Multiaddr],
     ) -> Result<bool, MeshError> {
-        todo!()
+        if let RemoteName::Native(id) = name {
+            self.drop_cached((peer, id)).await?;
+        }
+        let (stream, _) = self.inner.opener.open(peer, addrs).await?;
+        transfer::evict(stream, peer, &name, self.timeouts()).await
     }
-    /// Put.
+
+    /// Store `body` (exactly `size` bytes) as `name` at `peer` (forwarded
+    /// ProxyStore sets; peers refuse native names).
     pub async fn put(
         &self,
-        _peer: PeerId,
-        _name: RemoteName,
-        _addrs: &[Multiaddr],
-        _body: ChunkStream,
-        _size: u64,
+        peer: PeerId,
+        name: RemoteName,
+        addrs: &[Multiaddr],
+        body: ChunkStream,
+        size: u64,
     ) -> Result<(), MeshError> {
-        todo!()
+        let (stream, path) = self.inner.opener.open(peer, addrs).await?;
+        let started = Instant::now();
+        transfer::put(stream, peer, &name, body, size, self.timeouts()).await?;
+        tracing::info!(%peer, %name, size, %path, elapsed = ?started.elapsed(), "stored at peer");
+        Ok(())
     }
-    /// Network transfers started.
+
+    /// Network transfers of objects started (streams opened for a get).
     pub fn transfers(&self) -> u64 {
-        todo!()
+        self.inner.transfers.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of cached copies tracked.
+    pub fn cached_bytes(&self) -> u64 {
+        self.inner.cache.lock().expect("cache lock").bytes
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &FetchConfig {
+        &self.inner.config
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            header: self.inner.config.header_timeout,
+            idle: self.inner.config.idle_timeout,
+        }
+    }
+
+    /// The cached copy of `key`, keeping the LRU in step with storage.
+    async fn cached(&self, key: CacheKey) -> Result<Option<ObjectReader>, MeshError> {
+        let name = remote_name(key);
+        match self.inner.storage.open_reader(&name).await? {
+            Some(reader) => {
+                let known = self
+                    .inner
+                    .cache
+                    .lock()
+                    .expect("cache lock")
+                    .lru
+                    .get(&key)
+                    .is_some();
+                if !known {
+                    // E.g. persisted by an earlier run.
+                    self.inner.remember(key, reader.meta().size).await;
+                }
+                Ok(Some(reader))
+            }
+            None => {
+                self.inner.forget(key);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn drop_cached(&self, key: CacheKey) -> Result<(), StorageError> {
+        self.inner.forget(key);
+        self.inner.storage.evict(&remote_name(key)).await.map(drop)
+    }
+
+    /// Start a transfer; `leader` is set for coalesced (native) gets.
+    async fn fetch(
+        &self,
+        peer: PeerId,
+        name: RemoteName,
+        addrs: &[Multiaddr],
+        leader: Option<Leader<CacheKey, Outcome>>,
+    ) -> Result<Fetched, MeshError> {
+        let timeouts = self.timeouts();
+        let started = async {
+            let (stream, path) = self.inner.opener.open(peer, addrs).await?;
+            self.inner.transfers.fetch_add(1, Ordering::Relaxed);
+            let body = transfer::get(stream, peer, &name, 0, None, timeouts).await?;
+            Ok::<_, MeshError>((body, path))
+        }
+        .await;
+        let (body, path) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(leader) = leader {
+                    leader.complete(Outcome::Failed(Arc::new(duplicate(&e))));
+                }
+                return Err(e);
+            }
+        };
+        let (size, hash) = (body.size(), body.hash());
+        let writer = match (&leader, &name) {
+            (Some(_), RemoteName::Native(id)) if size <= self.inner.config.cache_cap => {
+                let name = remote_name((peer, *id));
+                match self.inner.storage.writer(name, Some(size)) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(%peer, id = %id, error = %e, "not caching the object");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        tracing::info!(%peer, %name, size, %path, cached = writer.is_some(), "fetching");
+        let (tx, rx) = mpsc::channel(PIPELINE_CHUNKS);
+        let pump = Pump {
+            inner: Arc::clone(&self.inner),
+            peer,
+            name,
+            path,
+            body,
+            writer,
+            tx: Some(tx),
+            leader,
+        };
+        tokio::spawn(pump.run());
+        let body: ChunkStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        Ok(Fetched::Streaming {
+            size,
+            hash,
+            path,
+            body,
+        })
+    }
+}
+
+impl Inner {
+    /// Track a committed cached copy; evict the least recently used copies
+    /// while the total exceeds the cap.
+    async fn remember(&self, key: CacheKey, size: u64) {
+        let victims = {
+            let mut c = self.cache.lock().expect("cache lock");
+            if let Some(old) = c.lru.put(key, size) {
+                c.bytes -= old;
+            }
+            c.bytes += size;
+            let mut victims = Vec::new();
+            while c.bytes > self.config.cache_cap {
+                let Some((k, s)) = c.lru.pop_lru() else { break };
+                c.bytes -= s;
+                victims.push(k);
+            }
+            victims
+        };
+        for k in victims {
+            match self.storage.evict(&remote_name(k)).await {
+                Ok(_) => {
+                    tracing::debug!(peer = %k.0, id = %k.1, "evicted cached copy (cache full)")
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %k.0, id = %k.1, error = %e, "cannot evict cached copy")
+                }
+            }
+        }
+    }
+
+    fn forget(&self, key: CacheKey) {
+        let mut c = self.cache.lock().expect("cache lock");
+        if let Some(s) = c.lru.pop(&key) {
+            c.bytes -= s;
+        }
+    }
+}
+
+/// The network side of one transfer.
+struct Pump {
+    inner: Arc<Inner>,
+    peer: PeerId,
+    name: RemoteName,
+    path: PathInfo,
+    body: Body<libp2p::Stream>,
+    writer: Option<ObjectWriter>,
+    /// `None` once the body's reader went away.
+    tx: Option<mpsc::Sender<io::Result<Bytes>>>,
+    leader: Option<Leader<CacheKey, Outcome>>,
+}
+
+impl Pump {
+    async fn run(mut self) {
+        let started = Instant::now();
+        let outcome = loop {
+            match self.body.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    if let Some(w) = &mut self.writer {
+                        if let Err(e) = w.write(chunk.clone()).await {
+                            tracing::warn!(peer = %self.peer, name = %self.name, error = %e, "not caching the object");
+                            self.writer = None;
+                        }
+                    }
+                    // Verified whole: commit before the reader sees the end.
+                    let done = self.body.received() == self.body.len();
+                    let outcome = if done {
+                        Some(self.commit().await)
+                    } else {
+                        None
+                    };
+                    if let Some(outcome) = &outcome {
+                        if let Some(leader) = self.leader.take() {
+                            leader.complete(outcome.clone());
+                        }
+                    }
+                    self.send(Ok(chunk)).await;
+                    if let Some(outcome) = outcome {
+                        break outcome;
+                    }
+                    if self.tx.is_none() && self.writer.is_none() {
+                        tracing::debug!(peer = %self.peer, name = %self.name, "nobody reads the object any more; transfer stopped");
+                        break Outcome::NotCached;
+                    }
+                }
+                // Only for empty objects: everything else ends on its last chunk.
+                Ok(None) => break self.commit().await,
+                Err(e) => {
+                    self.writer = None;
+                    tracing::warn!(path = %self.path, error = %e, "transfer failed");
+                    let kind = match e {
+                        MeshError::TimedOut { .. } => io::ErrorKind::TimedOut,
+                        MeshError::Corrupt { .. } => io::ErrorKind::InvalidData,
+                        _ => io::ErrorKind::Other,
+                    };
+                    let message = e.to_string();
+                    let e = Arc::new(e);
+                    if let Some(leader) = self.leader.take() {
+                        leader.complete(Outcome::Failed(Arc::clone(&e)));
+                    }
+                    self.send(Err(io::Error::new(kind, message))).await;
+                    break Outcome::Failed(e);
+                }
+            }
+        };
+        if matches!(outcome, Outcome::Cached | Outcome::NotCached)
+            && self.body.received() == self.body.len()
+        {
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(
+                peer = %self.peer,
+                name = %self.name,
+                size = self.body.size(),
+                path = %self.path,
+                secs,
+                mib_per_s = self.body.size() as f64 / (1 << 20) as f64 / secs.max(1e-9),
+                "fetched"
+            );
+        }
+        if let Some(leader) = self.leader.take() {
+            leader.complete(outcome);
+        }
+    }
+
+    async fn send(&mut self, item: io::Result<Bytes>) {
+        if let Some(tx) = &self.tx {
+            if tx.send(item).await.is_err() {
+                tracing::debug!(peer = %self.peer, name = %self.name, "the reader went away; the transfer continues into the cache");
+                self.tx = None;
+            }
+        }
+    }
+
+    async fn commit(&mut self) -> Outcome {
+        let Some(w) = self.writer.take() else {
+            return Outcome::NotCached;
+        };
+        let RemoteName::Native(id) = self.name else {
+            return Outcome::NotCached;
+        };
+        match w.commit().await {
+            Ok(meta) => {
+                self.inner.remember((self.peer, id), meta.size).await;
+                Outcome::Cached
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, name = %self.name, error = %e, "cannot cache the object");
+                Outcome::NotCached
+            }
+        }
+    }
+}
+
+fn remote_name((peer, id): CacheKey) -> ObjectName {
+    ObjectName::Remote { peer, id }
+}
+
+/// A copy of `e` for a follower (I/O errors keep their kind and message).
+fn duplicate(e: &MeshError) -> MeshError {
+    let io = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
+    match e {
+        MeshError::Unreachable { peer, reason } => MeshError::Unreachable {
+            peer: *peer,
+            reason: reason.clone(),
+        },
+        MeshError::NotFound { peer, id } => MeshError::NotFound {
+            peer: *peer,
+            id: id.clone(),
+        },
+        MeshError::Refused { peer, reason } => MeshError::Refused {
+            peer: *peer,
+            reason: reason.clone(),
+        },
+        MeshError::Corrupt { peer, id, reason } => MeshError::Corrupt {
+            peer: *peer,
+            id: id.clone(),
+            reason: reason.clone(),
+        },
+        MeshError::TimedOut {
+            peer,
+            id,
+            phase,
+            after,
+        } => MeshError::TimedOut {
+            peer: *peer,
+            id: id.clone(),
+            phase,
+            after: *after,
+        },
+        MeshError::Protocol { peer, reason } => MeshError::Protocol {
+            peer: *peer,
+            reason: reason.clone(),
+        },
+        MeshError::Storage(s) => MeshError::Storage(match s {
+            StorageError::TooLarge { size, limit } => StorageError::TooLarge {
+                size: *size,
+                limit: *limit,
+            },
+            StorageError::Full(e) => StorageError::Full(io(e)),
+            StorageError::Io(e) => StorageError::Io(io(e)),
+        }),
     }
 }

@@ -152,17 +152,16 @@ where
     };
     let meta = reader.meta().clone();
     let size = meta.size;
-    let len = match len {
+    let fits = match len {
         _ if offset > size => None,
         None => Some(size - offset),
         Some(l) if l <= size - offset => Some(l),
         Some(_) => None,
     };
-    let Some(len) = len else {
-        let why = format!(
-            "range {offset}+{} is outside the object's {size} bytes",
-            len.map_or("rest".to_string(), |l| l.to_string())
-        );
+    let Some(len) = fits else {
+        let asked = len.map_or("the rest".to_string(), |l| format!("{l} bytes"));
+        let why =
+            format!("range of {asked} from byte {offset} is outside the object's {size} bytes");
         return send_answer(stream, &Response::Refused(why), config).await;
     };
     let header = Response::Object {
@@ -405,7 +404,9 @@ impl<S: AsyncRead + Unpin> Body<S> {
     /// `Unreachable` if the stream breaks.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, MeshError> {
         if self.received == self.len {
-            self.verify()?;
+            if let Some(e) = self.verify() {
+                return Err(e);
+            }
             return Ok(None);
         }
         let want = CHUNK.min((self.len - self.received) as usize);
@@ -443,26 +444,29 @@ impl<S: AsyncRead + Unpin> Body<S> {
             h.update(&chunk);
         }
         if self.received == self.len {
-            self.verify()?;
+            if let Some(e) = self.verify() {
+                return Err(e);
+            }
         }
         Ok(Some(chunk))
     }
 
-    fn verify(&mut self) -> Result<(), MeshError> {
+    /// Check the hash once the whole object arrived: the error, if any.
+    fn verify(&mut self) -> Option<MeshError> {
         if self.verified {
-            return Ok(());
+            return None;
         }
         if let Some(h) = &self.hasher {
             let got = h.finalize();
             if got != self.hash {
-                return Err(self.corrupt(format!(
+                return Some(self.corrupt(format!(
                     "BLAKE3 of the bytes received is {got}, the peer announced {}",
                     self.hash
                 )));
             }
         }
         self.verified = true;
-        Ok(())
+        None
     }
 
     fn corrupt(&self, reason: String) -> MeshError {
