@@ -266,11 +266,17 @@ fn relay_restart_brings_reservations_back() {
     let mut relay = RelayProcess::start(&[]);
     let a = mesh_daemon(&relay, &[]);
     relay.restart();
-    // The daemon notices, re-reserves with backoff, without a restart of its own.
-    let back = wait_until(Duration::from_secs(60), || reserved(&a).then_some(()));
+    // The daemon notices the loss (at once over TCP, after QUIC's idle
+    // timeout otherwise) and re-reserves with backoff, without a restart.
+    let mut saw_loss = false;
+    let back = wait_until(Duration::from_secs(60), || {
+        let held = reserved(&a);
+        saw_loss |= !held;
+        (saw_loss && held).then_some(())
+    });
     assert!(
         back.is_some(),
-        "reservation did not come back: {}",
+        "reservation was not lost and regained (lost: {saw_loss}): {}",
         status(&a)
     );
     // A daemon that joins now reaches A through the restarted relay.

@@ -232,6 +232,8 @@ impl Mesh {
 
     /// The mesh part of `proxymesh status`.
     pub fn status(&self) -> local_api::MeshStatus {
+        // Someone is looking: refresh discovery (rate-limited by the task).
+        let _ = self.commands.send(swarm::Command::Discover);
         let mut status = self.shared.read(|s| s.status());
         status.transfers = self.fetcher.transfers();
         status
@@ -261,12 +263,19 @@ impl Mesh {
                 .find(|(_, d)| d.uuid.as_deref() == Some(uuid))
                 .map(|(p, d)| (*p, d.addrs.clone()))
         };
-        if let Some(found) = self.shared.read(lookup) {
-            return Some(found);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(found) = self.shared.read(lookup) {
+                return Some(found);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            // Ask the relays again (the task sends at most one request a second).
+            let _ = self.commands.send(swarm::Command::Discover);
+            let step = (tokio::time::Instant::now() + Duration::from_millis(1100)).min(deadline);
+            self.shared.wait_for(step, lookup).await;
         }
-        let _ = self.commands.send(swarm::Command::Discover);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        self.shared.wait_for(deadline, lookup).await
     }
 
     /// Stop the swarm task, closing every connection.
@@ -374,13 +383,15 @@ impl StreamOpener for SwarmOpener {
         }
         // 2. Prefer direct: wait for the hole punch (and for the relayed
         //    connection to be closed once a direct one is up), within limits.
+        //    No connection at all can be a moment inside a hole punch (the
+        //    peer closed the circuit, our direct connection is still coming):
+        //    keep waiting then.
         let deadline = tokio::time::Instant::now() + self.hole_punch_timeout;
         self.shared
             .wait_for(deadline, |s| {
                 let (direct, relayed) = s.paths(&peer);
                 let punch_over = s.punch_failed.contains_key(&peer);
-                // Direct only; relayed after a failed punch; or nothing left.
-                (if direct { !relayed } else { !relayed || punch_over }).then_some(())
+                ((direct && !relayed) || (!direct && relayed && punch_over)).then_some(())
             })
             .await;
         let Some((path, transport)) = self.shared.read(|s| s.best(&peer)) else {

@@ -35,6 +35,12 @@ pub const ENDPOINT_NAMESPACE_PREFIX: &str = "proxymesh-ep-";
 const REGISTRATION_TTL: u64 = 300;
 /// How often registrations are renewed and discovery refreshed.
 const REFRESH_EVERY: Duration = Duration::from_secs(60);
+/// How long a relayed connection stays open after a direct one to the same
+/// peer is up: long enough for the peer's side of the hole punch to finish
+/// (closing the circuit earlier would leave it with no connection at all).
+const RELAYED_GRACE: Duration = Duration::from_secs(1);
+/// Discovery requests are sent at most this often.
+const DISCOVER_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 /// First and largest wait before re-reserving with a relay.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -293,6 +299,12 @@ pub struct Driver {
     uuid: String,
     relay_peers: HashSet<PeerId>,
     cookies: HashMap<PeerId, rendezvous::Cookie>,
+    last_discovery: Option<Instant>,
+    /// Peers whose relayed connections close once the grace period ends.
+    closing: Vec<(Instant, PeerId)>,
+    /// When to (re-)register with the relays: shortly after an address or
+    /// reservation change, once every behaviour has seen it.
+    register_at: Option<Instant>,
 }
 
 impl Driver {
@@ -311,12 +323,15 @@ impl Driver {
             uuid,
             relay_peers,
             cookies: HashMap::new(),
+            last_discovery: None,
+            closing: Vec::new(),
+            register_at: None,
         }
     }
 
     /// Run until [`Command::Shutdown`] or until every sender is gone.
     pub async fn run(mut self) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut refresh = tokio::time::interval(REFRESH_EVERY);
         loop {
             tokio::select! {
@@ -325,11 +340,26 @@ impl Driver {
                     Some(cmd) => self.on_command(cmd),
                 },
                 event = self.swarm.select_next_some() => self.on_event(event),
-                _ = tick.tick() => self.retry_reservations(),
+                _ = tick.tick() => {
+                    self.retry_reservations();
+                    self.close_superseded();
+                    if self.register_at.is_some_and(|t| t <= Instant::now()) {
+                        self.register_at = None;
+                        self.refresh_registrations();
+                    }
+                }
                 _ = refresh.tick() => self.refresh_rendezvous(),
             }
         }
         tracing::debug!("mesh task stopped");
+    }
+
+    /// `addr` without a trailing `/p2p/<our peer id>`.
+    fn without_own_id(&self, mut addr: Multiaddr) -> Multiaddr {
+        if peer_of(&addr) == Some(*self.swarm.local_peer_id()) {
+            addr.pop();
+        }
+        addr
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -398,6 +428,13 @@ impl Driver {
     }
 
     fn discover(&mut self) {
+        if self
+            .last_discovery
+            .is_some_and(|t| t.elapsed() < DISCOVER_AT_MOST_EVERY)
+        {
+            return;
+        }
+        self.last_discovery = Some(Instant::now());
         let reserved: Vec<PeerId> = self.shared.read(|s| {
             s.relays
                 .iter()
@@ -414,7 +451,8 @@ impl Driver {
         }
     }
 
-    fn refresh_rendezvous(&mut self) {
+    /// (Re-)register with every relay we hold a reservation with.
+    fn refresh_registrations(&mut self) {
         let reserved: Vec<PeerId> = self.shared.read(|s| {
             s.relays
                 .iter()
@@ -425,6 +463,10 @@ impl Driver {
         for relay in reserved {
             self.register(relay);
         }
+    }
+
+    fn refresh_rendezvous(&mut self) {
+        self.refresh_registrations();
         self.discover();
     }
 
@@ -458,13 +500,16 @@ impl Driver {
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!(%address, "external address confirmed");
+                let address = self.without_own_id(address);
                 self.shared.write(|s| {
                     if !s.external_addrs.contains(&address) {
                         s.external_addrs.push(address);
                     }
                 });
+                self.register_at = Some(Instant::now());
             }
             SwarmEvent::ExternalAddrExpired { address } => {
+                let address = self.without_own_id(address);
                 self.shared
                     .write(|s| s.external_addrs.retain(|a| a != &address));
             }
@@ -519,10 +564,12 @@ impl Driver {
         };
         let transport = transport_of(&remote)
             .or_else(|| {
-                // A relayed connection accepted by us shows no transport: it
-                // rides on our connection to the relay.
-                let relay = circuit_relay(&remote)?;
-                self.shared.read(|s| s.best(&relay).map(|(_, t)| t))
+                // A relayed connection accepted by us names no transport: it
+                // rides on the connection our reservation was made on.
+                self.shared.read(|s| {
+                    let slot = s.relays.iter().find(|r| r.reserved)?;
+                    transport_of(slot.current_addr())
+                })
             })
             .unwrap_or(Transport::Tcp);
         let info = ConnInfo {
@@ -533,24 +580,44 @@ impl Driver {
         if !self.relay_peers.contains(&peer) {
             tracing::info!(%peer, %remote, ?path, ?transport, "connected");
         }
-        let relayed_to_close: Vec<ConnectionId> = self.shared.write(|s| {
-            let conns = s.conns.entry(peer).or_default();
-            conns.insert(id, info);
+        self.shared.write(|s| {
+            s.conns.entry(peer).or_default().insert(id, info);
             if path == Path::Direct {
                 s.punch_failed.remove(&peer);
-                conns
+            }
+        });
+        if path == Path::Direct {
+            self.closing.push((Instant::now() + RELAYED_GRACE, peer));
+        }
+    }
+
+    /// Close relayed connections to peers that have had a direct one for the
+    /// grace period: streams must run direct, and `libp2p-stream` would pick
+    /// either connection.
+    fn close_superseded(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .closing
+            .iter()
+            .filter(|(t, _)| *t <= now)
+            .map(|(_, p)| *p)
+            .collect();
+        self.closing.retain(|(t, _)| *t > now);
+        for peer in due {
+            let relayed: Vec<ConnectionId> = self.shared.read(|s| match s.paths(&peer) {
+                (true, true) => s.conns[&peer]
                     .iter()
                     .filter(|(_, c)| c.path == Path::Relayed)
                     .map(|(id, _)| *id)
-                    .collect()
-            } else {
-                Vec::new()
+                    .collect(),
+                _ => Vec::new(),
+            });
+            if !relayed.is_empty() {
+                tracing::info!(%peer, "direct connection up; closing the relayed one");
             }
-        });
-        // Streams must use the direct connection: close the relayed ones.
-        for relayed in relayed_to_close {
-            tracing::info!(%peer, "direct connection up; closing the relayed one");
-            self.swarm.close_connection(relayed);
+            for id in relayed {
+                self.swarm.close_connection(id);
+            }
         }
     }
 
@@ -569,7 +636,9 @@ impl Driver {
         if let Some((addr, circuit)) = closed {
             tracing::warn!(relay = %addr, error = error.as_deref().unwrap_or("closed"), "relay reservation lost; will re-reserve");
             if let Some(c) = circuit {
-                self.swarm.remove_external_address(&c);
+                let mut own = c.clone();
+                own.push(Protocol::P2p(*self.swarm.local_peer_id()));
+                self.swarm.remove_external_address(&own);
             }
         }
     }
@@ -609,8 +678,9 @@ impl Driver {
                     if !renewal {
                         tracing::info!(relay = %relay_peer_id, %circuit, "reservation accepted");
                     }
-                    self.swarm.add_external_address(circuit);
-                    self.register(relay_peer_id);
+                    // Register on the next tick: the rendezvous client learns
+                    // external addresses from swarm events, after this one.
+                    self.register_at = Some(Instant::now());
                     self.discover();
                 }
             }
