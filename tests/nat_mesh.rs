@@ -19,6 +19,7 @@ const API: &str = "127.0.0.1:7878";
 const OCTET: (&str, &str) = ("content-type", "application/octet-stream");
 
 struct Outcome {
+    producer: String,
     path: String,
     first_get: Duration,
     consumer_status: serde_json::Value,
@@ -80,25 +81,21 @@ fn run_scenario(a: Nat, b: Nat) -> Option<Outcome> {
     let consumer_status = lab.within(Host::B, || http(API, "GET", "/v1/status", &[], b"").json());
     eprintln!("{a:?} / {b:?}: path {path}, first 8 MiB get {first_get:?}");
     Some(Outcome {
+        producer: site_a.peer_id.clone(),
         path,
         first_get,
         consumer_status,
     })
 }
 
+/// The consumer's connections to the producer, from its status.
 fn connections_to_a(o: &Outcome) -> Vec<serde_json::Value> {
     o.consumer_status["mesh"]["peers"]
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|p| p["peer_id"] == o.producer.as_str())
         .flat_map(|p| p["connections"].as_array().cloned().unwrap_or_default())
-        .filter(|c| {
-            !c["remote_addr"]
-                .as_str()
-                .unwrap_or("")
-                .contains(natlab::RELAY_IP)
-                || c["path"] == "relayed"
-        })
         .collect()
 }
 

@@ -562,16 +562,26 @@ impl Driver {
         } else {
             Path::Direct
         };
-        let transport = transport_of(&remote)
-            .or_else(|| {
-                // A relayed connection accepted by us names no transport: it
-                // rides on the connection our reservation was made on.
-                self.shared.read(|s| {
-                    let slot = s.relays.iter().find(|r| r.reserved)?;
-                    transport_of(slot.current_addr())
-                })
+        let transport = if path == Path::Direct {
+            transport_of(&remote)
+        } else {
+            // A relayed connection rides on our connection to the relay,
+            // whatever transport the circuit address names (the relay client
+            // reuses the connection it has).
+            self.shared.read(|s| {
+                let relay = circuit_relay(&remote);
+                let slot = s
+                    .relays
+                    .iter()
+                    .find(|r| r.reserved && relay.is_none_or(|p| p == r.peer));
+                match (relay, slot) {
+                    (_, Some(slot)) => transport_of(slot.current_addr()),
+                    (Some(relay), None) => s.best(&relay).map(|(_, t)| t),
+                    (None, None) => None,
+                }
             })
-            .unwrap_or(Transport::Tcp);
+        }
+        .unwrap_or(Transport::Tcp);
         let info = ConnInfo {
             path,
             transport,
