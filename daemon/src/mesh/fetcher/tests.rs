@@ -1010,3 +1010,37 @@ async fn unused_protocol_name_is_stable() {
     // The protocol string is part of the wire contract between daemons.
     assert_eq!(PROTOCOL, StreamProtocol::new("/proxymesh/fetch/1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "measurement; run in release with --ignored --nocapture"]
+async fn raw_stream_baseline() {
+    let a = Node::start(None).await;
+    let _server = a.accept(|mut s| async move {
+        let buf = vec![7u8; CHUNK];
+        for _ in 0..(64 * MIB / CHUNK) {
+            s.write_all(&buf).await.unwrap();
+        }
+        s.close().await.unwrap();
+    });
+    let b = Node::start(Some(&a)).await;
+    let opener = Opener {
+        control: b.control.clone(),
+    };
+    let (mut s, _) = opener.open(a.peer, &[]).await.unwrap();
+    let t = Instant::now();
+    let mut buf = vec![0u8; CHUNK];
+    let mut got = 0;
+    loop {
+        let n = s.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(got, 64 * MIB);
+    println!(
+        "raw libp2p QUIC stream, 64 MiB memory to memory: {secs:.2} s, {:.0} MiB/s",
+        64.0 / secs
+    );
+}
