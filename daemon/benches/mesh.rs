@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use proxymesh::{ByteStream, Connector, DaemonConnector, Key};
-use proxymesh_suite::{DaemonProcess, RelayProcess};
+use proxymesh_suite::DaemonProcess;
 
 const WINDOW: u32 = 10 * 1024 * 1024;
 
@@ -156,8 +156,40 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn mesh_daemon(relay: &RelayProcess) -> DaemonProcess {
-    let flags = relay.daemon_flags();
+/// The relay, on its own thread and runtime in this process (after the hole
+/// punch it carries no data). Returns its addresses.
+fn start_relay(identity: std::path::PathBuf) -> Vec<libp2p::Multiaddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let relay = proxymesh_relay::run(proxymesh_relay::RelayConfig::new(
+                [127, 0, 0, 1].into(),
+                0,
+                identity,
+            ))
+            .await
+            .unwrap();
+            tx.send(relay.addresses().to_vec()).unwrap();
+            relay.wait().await.unwrap();
+        })
+    });
+    rx.recv().unwrap()
+}
+
+fn mesh_daemon(relay: &[libp2p::Multiaddr]) -> DaemonProcess {
+    let mut flags: Vec<String> = Vec::new();
+    for a in relay {
+        flags.extend(["--relay".into(), a.to_string()]);
+    }
+    flags.extend(["--listen-host", "127.0.0.1", "--listen-port", "0"].map(String::from));
+    // Extra daemon flags for experiments, e.g. PROXYMESH_BENCH_DAEMON_ARGS="--cache-cap 0".
+    if let Ok(extra) = std::env::var("PROXYMESH_BENCH_DAEMON_ARGS") {
+        flags.extend(extra.split_whitespace().map(String::from));
+    }
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let d = DaemonProcess::start(&flags);
     proxymesh_suite::wait_until(Duration::from_secs(30), || {
@@ -186,7 +218,8 @@ fn main() {
 }
 
 async fn bench(quick: bool) {
-    let relay = RelayProcess::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path().join("relay.key"));
     let a = mesh_daemon(&relay);
     let b = mesh_daemon(&relay);
     let at_a = DaemonConnector::new(&a.api).unwrap();
@@ -194,7 +227,7 @@ async fn bench(quick: bool) {
     let quinn = QuinnBaseline::start().await;
     println!(
         "proxymesh mesh benchmark: SDK at B <- daemon B <- daemon A (relay {})",
-        relay.quic()
+        relay[0]
     );
 
     println!("-- latency, 1 KiB remote get --");

@@ -35,10 +35,11 @@ pub const ENDPOINT_NAMESPACE_PREFIX: &str = "proxymesh-ep-";
 const REGISTRATION_TTL: u64 = 300;
 /// How often registrations are renewed and discovery refreshed.
 const REFRESH_EVERY: Duration = Duration::from_secs(60);
-/// How long a relayed connection stays open after a direct one to the same
-/// peer is up: long enough for the peer's side of the hole punch to finish
-/// (closing the circuit earlier would leave it with no connection at all).
-const RELAYED_GRACE: Duration = Duration::from_secs(1);
+/// How long a relayed connection stays open once a direct one to the same
+/// peer is up. By then DCUtR's messages on the circuit are done on both
+/// sides; the peer may be a moment from its own direct connection, which its
+/// stream opener waits through, so the circuit can go at the next tick.
+const RELAYED_GRACE: Duration = Duration::ZERO;
 /// Discovery requests are sent at most this often.
 const DISCOVER_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 /// First and largest wait before re-reserving with a relay.
