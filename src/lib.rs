@@ -362,20 +362,13 @@ impl RelayProcess {
 
     /// Start a relay with `identity` on `port`.
     pub fn start_with(identity: &Path, port: u16, extra: &[&str]) -> Self {
-        let (child, addrs) = Self::spawn(
+        Self::start_cmd(
             Command::new(bin_path("proxymesh-relay")),
             "127.0.0.1",
             identity,
             port,
             extra,
-        );
-        Self {
-            child: Some(child),
-            addrs,
-            port,
-            identity: identity.to_path_buf(),
-            _tmp: None,
-        }
+        )
     }
 
     /// Start `cmd` (a `proxymesh-relay` command line, e.g. wrapped in `ip

@@ -199,35 +199,7 @@ impl Config {
     }
 }
 
-/// Parse a byte size: a plain number of bytes, or a number with a unit
-/// (`K`/`KB`/`KiB`, `M`…, `G`…, `T`…; all binary, case-insensitive), e.g. `64MiB`, `1.5G`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected e.g. 1048576, 512KiB, 64MiB, 2GiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => {
-            return Err(format!(
-                "invalid size {s:?}: unknown unit {other:?} (use KiB, MiB, GiB, TiB)"
-            ))
-        }
-    };
-    let bytes = value * mult as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("invalid size {s:?}: out of range"));
-    }
-    Ok(bytes as u64)
-}
+pub use proxymesh::units::parse_size;
 
 /// serde adapter: sizes as numbers or strings with units.
 mod size {
@@ -244,7 +216,7 @@ mod size {
         pub(super) fn bytes<E: serde::de::Error>(self) -> Result<u64, E> {
             match self {
                 Raw::Num(n) => Ok(n),
-                Raw::Text(t) => super::parse_size(&t).map_err(E::custom),
+                Raw::Text(t) => proxymesh::units::parse_size(&t).map_err(E::custom),
             }
         }
     }
@@ -279,18 +251,6 @@ mod opt_size {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
-        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
-        assert_eq!(parse_size("64 mb").unwrap(), 64 << 20);
-        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
-        assert_eq!(parse_size("2KiB").unwrap(), 2048);
-        for bad in ["", "MiB", "12XB", "-1", "1e400"] {
-            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 
     #[test]
     fn toml_overlays_defaults() {

@@ -368,51 +368,7 @@ pub fn default_identity_path() -> Result<PathBuf> {
     Ok(data_home.join("proxymesh").join("relay.key"))
 }
 
-/// Parse a byte size: a plain count, or a number with a binary (`K`, `KiB`,
-/// `M`, `MiB`, `G`, `GiB`, `T`, `TiB`) or decimal (`KB`, `MB`, `GB`, `TB`)
-/// unit; `B` is accepted too. Case-insensitive.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let unit = unit.trim();
-    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ => {
-            return Err(format!(
-                "unknown size unit {unit:?} in {text:?} (use e.g. 4096, 64KiB, 10MB, 64GiB)"
-            ))
-        }
-    };
-    if number.is_empty() {
-        return Err(format!(
-            "{text:?} is not a size (use e.g. 4096, 64KiB, 10MB, 64GiB)"
-        ));
-    }
-    if let Ok(n) = number.parse::<u64>() {
-        return n
-            .checked_mul(multiplier)
-            .ok_or_else(|| format!("size {text:?} is too large"));
-    }
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (use e.g. 4096, 64KiB, 10MB, 64GiB)"))?;
-    let bytes = n * multiplier as f64;
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(format!("size {text:?} is too large"));
-    }
-    Ok(bytes.round() as u64)
-}
+pub use proxymesh::units::parse_size;
 
 /// Parse a duration: plain seconds, or a whole number with `s`, `m`, `h` or
 /// `d`.
@@ -444,22 +400,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("1KiB"), Ok(1024));
-        assert_eq!(parse_size("1k"), Ok(1024));
-        assert_eq!(parse_size("10MB"), Ok(10_000_000));
-        assert_eq!(parse_size("64GiB"), Ok(64 << 30));
-        assert_eq!(parse_size("1.5 GiB"), Ok(3 << 29));
-        assert_eq!(parse_size("0"), Ok(0));
-        assert!(parse_size("").is_err());
-        assert!(parse_size("GiB").is_err());
-        assert!(parse_size("12 parsecs").is_err());
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("99999999TiB").is_err());
-    }
 
     #[test]
     fn durations() {

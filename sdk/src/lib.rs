@@ -80,6 +80,7 @@ pub mod runtime;
 pub mod serialize;
 pub mod store;
 pub mod testing;
+pub mod units;
 
 pub use connector::{
     ByteStream, Connector, ConnectorConfig, DaemonConnector, FileConnector, LocalConnector,

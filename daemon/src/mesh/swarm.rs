@@ -125,6 +125,15 @@ pub struct State {
 }
 
 impl State {
+    /// The relays we hold a reservation with.
+    pub fn reserved_relays(&self) -> Vec<PeerId> {
+        self.relays
+            .iter()
+            .filter(|r| r.reserved)
+            .map(|r| r.peer)
+            .collect()
+    }
+
     /// Whether any direct / relayed connection to `peer` is open.
     pub fn paths(&self, peer: &PeerId) -> (bool, bool) {
         let conns = self.conns.get(peer);
@@ -436,13 +445,7 @@ impl Driver {
             return;
         }
         self.last_discovery = Some(Instant::now());
-        let reserved: Vec<PeerId> = self.shared.read(|s| {
-            s.relays
-                .iter()
-                .filter(|r| r.reserved)
-                .map(|r| r.peer)
-                .collect()
-        });
+        let reserved = self.shared.read(State::reserved_relays);
         for relay in reserved {
             let cookie = self.cookies.get(&relay).cloned();
             self.swarm
@@ -454,13 +457,7 @@ impl Driver {
 
     /// (Re-)register with every relay we hold a reservation with.
     fn refresh_registrations(&mut self) {
-        let reserved: Vec<PeerId> = self.shared.read(|s| {
-            s.relays
-                .iter()
-                .filter(|r| r.reserved)
-                .map(|r| r.peer)
-                .collect()
-        });
+        let reserved = self.shared.read(State::reserved_relays);
         for relay in reserved {
             self.register(relay);
         }
