@@ -117,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::new("quickstart", Arc::new(DaemonConnector::new(&api)?));
     let mut lines = Vec::new();
     println!(
-        "  producer  (pid {}) puts objects and ships proxies:",
+        "  producer  (pid {}) puts objects at site A and ships proxies:",
         std::process::id()
     );
     let exp = Experiment::sample();
@@ -210,7 +210,7 @@ async fn wait_reserved(d: &Daemon) -> anyhow::Result<()> {
 /// the local daemon named by PROXYMESH_API), verify, report.
 fn consumer() -> anyhow::Result<()> {
     println!(
-        "  consumer  (pid {}) resolves proxies on first use:",
+        "  consumer  (pid {}) knows only site B; resolves proxies on first use:",
         std::process::id()
     );
     for line in std::io::stdin().lock().lines() {
