@@ -503,3 +503,18 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Re-run the current executable with `args` as a helper process (stdout
+/// piped) and read the first line it prints (e.g. the port it bound).
+pub fn spawn_self(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(std::env::current_exe().expect("current exe"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn helper process");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the helper's first line");
+    (child, line.trim().to_string())
+}

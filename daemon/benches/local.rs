@@ -90,17 +90,8 @@ struct BaselineServer(std::process::Child, String);
 
 impl BaselineServer {
     fn start() -> Self {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .arg("--baseline-server")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        Self(child, line.trim().to_string())
+        let (child, addr) = proxymesh_suite::spawn_self(&["--baseline-server"]);
+        Self(child, addr)
     }
 }
 

@@ -72,26 +72,17 @@ struct QuinnBaseline {
 
 impl QuinnBaseline {
     async fn start() -> Self {
-        use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let (cert_path, key_path) = (dir.path().join("cert.der"), dir.path().join("key.der"));
         std::fs::write(&cert_path, ck.cert.der()).unwrap();
         std::fs::write(&key_path, ck.key_pair.serialize_der()).unwrap();
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--quinn-sender",
-                cert_path.to_str().unwrap(),
-                key_path.to_str().unwrap(),
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().unwrap();
+        let (child, line) = proxymesh_suite::spawn_self(&[
+            "--quinn-sender",
+            cert_path.to_str().unwrap(),
+            key_path.to_str().unwrap(),
+        ]);
+        let port: u16 = line.parse().unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ck.cert.der().clone()).unwrap();
         let mut cfg = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap();
