@@ -46,6 +46,16 @@ pub struct AppState {
     pub data_dir: String,
 }
 
+impl AppState {
+    /// The mesh node, for requests already resolved to another daemon (such
+    /// targets exist only when the daemon is in a mesh).
+    fn mesh(&self) -> &crate::mesh::Mesh {
+        self.mesh
+            .as_ref()
+            .expect("remote targets exist only with a mesh")
+    }
+}
+
 /// The full router.
 pub fn router(state: Arc<AppState>) -> Router {
     let streaming = Router::new()

@@ -65,13 +65,6 @@ fn parse_segment(state: &AppState, segment: &str) -> Result<Target, Failure> {
     }
 }
 
-fn mesh(state: &AppState) -> &Mesh {
-    state
-        .mesh
-        .as_ref()
-        .expect("remote targets exist only with a mesh")
-}
-
 /// Render a remote object: a cached copy, or the bytes as they arrive.
 pub fn fetched_response(fetched: Fetched) -> Response {
     let path = match &fetched {
@@ -215,7 +208,8 @@ pub async fn get(State(state): St, Path(segment): Path<String>) -> Result<Respon
             None => Err(Failure::not_found(&segment)),
         },
         Target::Remote { peer, id, addrs } => {
-            let fetched = mesh(&state)
+            let fetched = state
+                .mesh()
                 .fetcher()
                 .get(peer, RemoteName::Native(id), &addrs)
                 .await?;
@@ -248,7 +242,8 @@ pub async fn head(State(state): St, Path(segment): Path<String>) -> Result<Respo
 async fn exists_target(state: &AppState, target: &Target) -> Result<bool, Failure> {
     match target {
         Target::Local(name) => Ok(state.storage.contains(name)),
-        Target::Remote { peer, id, addrs } => Ok(mesh(state)
+        Target::Remote { peer, id, addrs } => Ok(state
+            .mesh()
             .fetcher()
             .exists(*peer, RemoteName::Native(*id), addrs)
             .await?),
@@ -258,7 +253,8 @@ async fn exists_target(state: &AppState, target: &Target) -> Result<bool, Failur
 async fn evict_target(state: &AppState, target: &Target) -> Result<bool, Failure> {
     match target {
         Target::Local(name) => Ok(state.storage.evict(name).await?),
-        Target::Remote { peer, id, addrs } => Ok(mesh(state)
+        Target::Remote { peer, id, addrs } => Ok(state
+            .mesh()
             .fetcher()
             .evict(*peer, RemoteName::Native(*id), addrs)
             .await?),
@@ -333,7 +329,8 @@ pub async fn batch_get(
         let reader = match target {
             Target::Local(name) => state.storage.open_reader(&name).await?,
             Target::Remote { peer, id, addrs } => {
-                match mesh(&state)
+                match state
+                    .mesh()
                     .fetcher()
                     .get(peer, RemoteName::Native(id), &addrs)
                     .await

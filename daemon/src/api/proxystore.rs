@@ -128,13 +128,6 @@ impl KeyQuery {
     }
 }
 
-fn mesh(state: &AppState) -> &crate::mesh::Mesh {
-    state
-        .mesh
-        .as_ref()
-        .expect("remote targets exist only with a mesh")
-}
-
 /// `GET /endpoint`.
 pub async fn endpoint(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "uuid": state.uuid.to_string() }))
@@ -148,7 +141,7 @@ pub async fn exists(
     let exists = match q.target(&state).await? {
         Target::Local(name) => state.storage.contains(&name),
         Target::Remote { peer, addrs, name } => {
-            mesh(&state).fetcher().exists(peer, name, &addrs).await?
+            state.mesh().fetcher().exists(peer, name, &addrs).await?
         }
     };
     Ok(Json(serde_json::json!({ "exists": exists })).into_response())
@@ -171,7 +164,7 @@ pub async fn get(
             None => Err(missing()),
         },
         Target::Remote { peer, addrs, name } => {
-            match mesh(&state).fetcher().get(peer, name, &addrs).await {
+            match state.mesh().fetcher().get(peer, name, &addrs).await {
                 Ok(fetched) => Ok(fetched_response(fetched)),
                 Err(MeshError::NotFound { .. }) => Err(missing()),
                 Err(e) => Err(e.into()),
@@ -250,7 +243,8 @@ async fn forward(
     size: u64,
 ) -> Result<(), PsError> {
     let body = reader.into_stream(super::STREAM_CHUNK);
-    mesh(state)
+    state
+        .mesh()
         .fetcher()
         .put(peer, name, addrs, body, size)
         .await?;
@@ -267,7 +261,7 @@ pub async fn evict(
             state.storage.evict(&name).await.map_err(Failure::from)?;
         }
         Target::Remote { peer, addrs, name } => {
-            mesh(&state).fetcher().evict(peer, name, &addrs).await?;
+            state.mesh().fetcher().evict(peer, name, &addrs).await?;
         }
     }
     Ok(StatusCode::OK.into_response())
