@@ -108,6 +108,15 @@ pub struct MeshStatus {
     /// coalesced requests start none).
     #[serde(default)]
     pub transfers: u64,
+    /// The mesh this daemon is a member of (`None` in an open mesh).
+    #[serde(default)]
+    pub mesh_id: Option<String>,
+    /// Whether the daemon serves every peer (`--open-mesh`; labs only).
+    #[serde(default)]
+    pub open_mesh: bool,
+    /// When this daemon's credential expires (Unix seconds).
+    #[serde(default)]
+    pub credential_expires: Option<u64>,
 }
 
 /// One relay and the daemon's reservation there.
@@ -115,6 +124,9 @@ pub struct MeshStatus {
 pub struct RelayStatus {
     /// The relay's address as configured.
     pub addr: String,
+    /// Whether the relay admitted this daemon as a member of its mesh.
+    #[serde(default)]
+    pub joined: bool,
     /// Whether a reservation is currently held.
     pub reserved: bool,
     /// The relay circuit address others dial, when reserved.

@@ -52,9 +52,58 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes.round() as u64)
 }
 
+/// Parse a duration: a whole number with a unit `s`, `m` (minutes), `h`,
+/// `d` or `w` (`90d`, `12h`, `30m`); a bare number is seconds.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(proxymesh::units::parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
+/// ```
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit_secs: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration (use e.g. 30s, 15m, 12h, 90d, 4w)"
+            ))
+        }
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (use e.g. 30s, 15m, 12h, 90d, 4w)"))?;
+    n.checked_mul(unit_secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("duration {text:?} is too long"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_duration, parse_size};
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("45"), Ok(std::time::Duration::from_secs(45)));
+        assert_eq!(
+            parse_duration("15m"),
+            Ok(std::time::Duration::from_secs(900))
+        );
+        assert_eq!(
+            parse_duration("2w"),
+            Ok(std::time::Duration::from_secs(14 * 86_400))
+        );
+        for bad in ["", "d", "1y", "-3d", "1.5h", "99999999999999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn sizes() {
