@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
+use proxymesh::membership::{wire, MeshId, Policy};
 
 /// Default TCP and UDP (QUIC) port.
 pub const DEFAULT_PORT: u16 = 4001;
@@ -44,27 +45,80 @@ pub const DEFAULT_RESERVATION_RATE_PER_IP: u32 = 60;
 pub const DEFAULT_CIRCUIT_RATE_PER_PEER: u32 = 600;
 /// Default relayed connections one IP address (a site's NAT) may open per hour.
 pub const DEFAULT_CIRCUIT_RATE_PER_IP: u32 = 1200;
-/// Default longest rendezvous registration TTL the relay grants.
-pub const DEFAULT_RENDEZVOUS_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Shortest rendezvous registration TTL accepted.
-pub const RENDEZVOUS_MIN_TTL: Duration = Duration::from_secs(60);
-/// Default number of namespaces one peer may be registered under at once
-/// (a daemon registers under `proxymesh` plus one per endpoint).
-pub const DEFAULT_MAX_REGISTRATIONS_PER_PEER: usize = 256;
+/// Default number of members one mesh's directory holds (the most one
+/// [`wire::Message::Welcome`] can list).
+pub const DEFAULT_MAX_MEMBERS: usize = wire::MAX_MEMBERS;
+/// Default number of member-protocol streams served at once; more are
+/// dropped unanswered (the daemon says hello again later).
+pub const DEFAULT_MAX_MEMBER_STREAMS: usize = 256;
+/// Default time a connected peer has to prove membership (its daemon says
+/// hello right after connecting) before the relay closes its connections.
+/// Peers whose credential expires while connected are closed the same way.
+pub const DEFAULT_HELLO_DEADLINE: Duration = Duration::from_secs(30);
+/// Default number of established connections (all peers together).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// Default number of established connections one peer may hold.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: u32 = 8;
+/// Default number of incoming connections still in their handshake.
+pub const DEFAULT_MAX_PENDING_INCOMING: u32 = 256;
+/// What the relay says when told to serve nobody.
+pub const NO_MESH_HINT: &str = "pass --mesh MESH_ID (printed by `proxymesh mesh init DIR`) for each mesh to serve, or --open-mesh for a lab where anyone may join";
 /// Default tracing filter.
 pub const DEFAULT_LOG: &str = "info";
 
-/// proxymesh-relay: the mesh's relay, rendezvous point and AutoNAT server.
+/// proxymesh-relay: the relay, directory and AutoNAT server of closed meshes.
 ///
-/// Site daemons behind NATs keep reservations here, find each other by
-/// rendezvous namespace, and hole-punch direct connections; when punching
-/// fails, their traffic is relayed within the circuit limits below.
+/// Site daemons (`proxymeshd`) behind NATs connect here, prove membership of
+/// a mesh by presenting a credential its authority signed (`proxymesh mesh
+/// admit`), and then keep reservations here, learn the other members of
+/// their mesh with their addresses, and hole-punch direct connections; when
+/// punching fails, their traffic is relayed within the circuit limits below.
+/// Peers without a valid credential of a served mesh are refused and
+/// disconnected, and get neither reservations nor circuits.
+///
+/// Pass --mesh MESH_ID (printed by `proxymesh mesh init DIR`) for each mesh
+/// to serve, or --open-mesh for a lab where anyone may join.
 ///
 /// On start the relay prints its dialable multiaddrs (each ending in
 /// `/p2p/PEER_ID`) on stdout, one per line; logs go to stderr.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "proxymesh-relay", version, about, long_about)]
 pub struct Args {
+    /// Serve the members of this mesh (repeatable): a `pmm1…` mesh ID, as
+    /// printed by `proxymesh mesh init DIR`. Members of different meshes
+    /// never learn about each other.
+    #[arg(long = "mesh", value_name = "MESH_ID", value_parser = parse_mesh_id)]
+    pub meshes: Vec<MeshId>,
+
+    /// Serve anyone who connects, without credentials. For labs and trusted
+    /// networks only: anyone who can reach the relay may reserve, relay
+    /// traffic through it and list every peer.
+    #[arg(long, conflicts_with = "meshes")]
+    pub open_mesh: bool,
+
+    /// A revocation list (`pmr1…`, as written by `proxymesh mesh revoke`) of
+    /// a served mesh (repeatable). Re-read when it changes (checked every 5
+    /// s): revoked members are disconnected and refused, and members learn
+    /// the list. A file that does not exist yet counts as "nothing revoked"
+    /// and is picked up when it appears; a damaged, unsigned or foreign file
+    /// is logged as an error and ignored.
+    #[arg(long = "revocations", value_name = "FILE")]
+    pub revocation_files: Vec<PathBuf>,
+
+    /// Most members listed in one mesh's directory (at most 4096); a new
+    /// member beyond it is refused.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_MEMBERS)]
+    pub max_members: usize,
+
+    /// Most established connections, all peers together (handshakes in
+    /// progress are limited to 256 on top).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: u32,
+
+    /// Most established connections one peer may hold.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_PEER)]
+    pub max_connections_per_peer: u32,
+
     /// IP address to listen on (IPv4 or IPv6; 0.0.0.0 / :: for every interface).
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub host: IpAddr,
@@ -132,15 +186,6 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CIRCUIT_RATE_PER_IP)]
     pub circuit_rate_per_ip: u32,
 
-    /// Longest rendezvous registration TTL granted (seconds, or 24h, ...);
-    /// registrations that name no TTL ask for 2h, so keep this at 2h or more.
-    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
-    pub rendezvous_max_ttl: Duration,
-
-    /// Most rendezvous namespaces one peer may be registered under at once.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_REGISTRATIONS_PER_PEER)]
-    pub max_registrations_per_peer: usize,
-
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or
     /// `info,libp2p_relay=debug`. Logs go to stderr.
     #[arg(long, value_name = "FILTER", env = "PROXYMESH_RELAY_LOG", default_value = DEFAULT_LOG)]
@@ -192,26 +237,60 @@ impl Default for RelayLimits {
     }
 }
 
-/// Rendezvous server limits.
+/// Whom the relay serves, and how big its member directories may grow.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RendezvousLimits {
-    /// Longest registration TTL granted; longer requests are refused.
-    pub max_ttl: Duration,
-    /// Most namespaces one peer may be registered under at once.
-    pub max_registrations_per_peer: usize,
+pub struct MembershipConfig {
+    /// The meshes served ([`Policy::Meshes`], never empty), or anyone
+    /// ([`Policy::Open`]).
+    pub policy: Policy,
+    /// Revocation-list files (`pmr1…`), polled for changes. A missing file
+    /// means "nothing revoked yet".
+    pub revocation_files: Vec<PathBuf>,
+    /// Most members in one mesh's directory (1 ..= [`wire::MAX_MEMBERS`]).
+    pub max_members: usize,
+    /// Most member-protocol streams served at once.
+    pub max_streams: usize,
+    /// How long a connected peer has to prove membership before its
+    /// connections are closed (no flag; daemons say hello right away).
+    pub hello_deadline: Duration,
 }
 
-impl Default for RendezvousLimits {
-    fn default() -> Self {
-        RendezvousLimits {
-            max_ttl: DEFAULT_RENDEZVOUS_MAX_TTL,
-            max_registrations_per_peer: DEFAULT_MAX_REGISTRATIONS_PER_PEER,
+impl MembershipConfig {
+    /// Serve `policy` with the default limits and no revocation files.
+    pub fn new(policy: Policy) -> Self {
+        MembershipConfig {
+            policy,
+            revocation_files: Vec::new(),
+            max_members: DEFAULT_MAX_MEMBERS,
+            max_streams: DEFAULT_MAX_MEMBER_STREAMS,
+            hello_deadline: DEFAULT_HELLO_DEADLINE,
         }
     }
 }
 
-/// Validated settings of one relay node; [`Default`] matches the flags'
-/// defaults except for the identity file, which has to be chosen.
+/// Bounds on the connections the relay keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most established connections, all peers together.
+    pub max_connections: u32,
+    /// Most established connections per peer.
+    pub max_connections_per_peer: u32,
+    /// Most incoming connections in their handshake at once.
+    pub max_pending_incoming: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            max_pending_incoming: DEFAULT_MAX_PENDING_INCOMING,
+        }
+    }
+}
+
+/// Validated settings of one relay node. [`RelayConfig::new`] gives the
+/// flags' defaults; the identity file and whom to serve have to be chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
     /// IP address to listen on.
@@ -225,22 +304,33 @@ pub struct RelayConfig {
     pub external_addresses: Vec<Multiaddr>,
     /// Relay v2 limits.
     pub relay: RelayLimits,
-    /// Rendezvous limits.
-    pub rendezvous: RendezvousLimits,
+    /// Whom to serve (meshes or anyone), revocation files, directory size.
+    pub membership: MembershipConfig,
+    /// Connection limits.
+    pub connections: ConnectionLimits,
 }
 
 impl RelayConfig {
     /// A config with default limits listening on `host:port` with the
-    /// keypair in `identity`.
-    pub fn new(host: IpAddr, port: u16, identity: impl Into<PathBuf>) -> Self {
+    /// keypair in `identity`, serving `policy`: the members of
+    /// `Policy::Meshes(vec![mesh_id, ...])`, or anyone for `Policy::Open`.
+    pub fn new(host: IpAddr, port: u16, identity: impl Into<PathBuf>, policy: Policy) -> Self {
         RelayConfig {
             host,
             port,
             identity: identity.into(),
             external_addresses: Vec::new(),
             relay: RelayLimits::default(),
-            rendezvous: RendezvousLimits::default(),
+            membership: MembershipConfig::new(policy),
+            connections: ConnectionLimits::default(),
         }
+    }
+
+    /// Also watch the revocation list in `file` (see
+    /// [`MembershipConfig::revocation_files`]).
+    pub fn with_revocation_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.membership.revocation_files.push(file.into());
+        self
     }
 
     /// Check limits and addresses, normalizing external addresses (a trailing
@@ -270,23 +360,38 @@ impl RelayConfig {
             ),
             ("--max-circuits", self.relay.max_circuits),
             ("--max-circuits-per-peer", self.relay.max_circuits_per_peer),
+            ("--max-members", self.membership.max_members),
             (
-                "--max-registrations-per-peer",
-                self.rendezvous.max_registrations_per_peer,
+                "--max-connections",
+                self.connections.max_connections as usize,
             ),
+            (
+                "--max-connections-per-peer",
+                self.connections.max_connections_per_peer as usize,
+            ),
+            (
+                "the pending incoming connection limit",
+                self.connections.max_pending_incoming as usize,
+            ),
+            ("the member stream limit", self.membership.max_streams),
         ] {
             if value == 0 {
                 bail!("{name} must be at least 1");
             }
         }
-        if self.rendezvous.max_ttl < RENDEZVOUS_MIN_TTL {
+        if self.membership.hello_deadline.is_zero() {
+            bail!("the hello deadline must be longer than 0");
+        }
+        if self.membership.max_members > wire::MAX_MEMBERS {
             bail!(
-                "--rendezvous-max-ttl must be at least {} seconds",
-                RENDEZVOUS_MIN_TTL.as_secs()
+                "--max-members must be at most {} (the most one welcome lists)",
+                wire::MAX_MEMBERS
             );
         }
-        if self.rendezvous.max_ttl.as_secs() > u64::from(u32::MAX) {
-            bail!("--rendezvous-max-ttl must be at most {} seconds", u32::MAX);
+        if let Policy::Meshes(meshes) = &self.membership.policy {
+            if meshes.is_empty() {
+                bail!("no mesh to serve: {NO_MESH_HINT}");
+            }
         }
         for addr in &self.external_addresses {
             check_external_address(addr)?;
@@ -324,6 +429,14 @@ impl Args {
             Some(path) => path,
             None => default_identity_path()?,
         };
+        let policy = if self.open_mesh {
+            Policy::Open
+        } else {
+            let mut meshes = self.meshes;
+            let mut seen = std::collections::HashSet::new();
+            meshes.retain(|m| seen.insert(m.clone()));
+            Policy::Meshes(meshes)
+        };
         let config = RelayConfig {
             host: self.host,
             port: self.port,
@@ -342,9 +455,17 @@ impl Args {
                 circuit_rate_per_peer: self.circuit_rate_per_peer,
                 circuit_rate_per_ip: self.circuit_rate_per_ip,
             },
-            rendezvous: RendezvousLimits {
-                max_ttl: self.rendezvous_max_ttl,
-                max_registrations_per_peer: self.max_registrations_per_peer,
+            membership: MembershipConfig {
+                policy,
+                revocation_files: self.revocation_files,
+                max_members: self.max_members,
+                max_streams: DEFAULT_MAX_MEMBER_STREAMS,
+                hello_deadline: DEFAULT_HELLO_DEADLINE,
+            },
+            connections: ConnectionLimits {
+                max_connections: self.max_connections,
+                max_connections_per_peer: self.max_connections_per_peer,
+                max_pending_incoming: DEFAULT_MAX_PENDING_INCOMING,
             },
         };
         config.validate()?;
@@ -369,6 +490,13 @@ pub fn default_identity_path() -> Result<PathBuf> {
 }
 
 pub use proxymesh::units::parse_size;
+
+/// Parse a `--mesh` value: a `pmm1…` mesh ID.
+pub fn parse_mesh_id(text: &str) -> Result<MeshId, String> {
+    text.trim().parse().map_err(|e| {
+        format!("{text:?} is not a mesh ID ({e}); a mesh ID starts with pmm1 and is printed by `proxymesh mesh init DIR`")
+    })
+}
 
 /// Parse a duration: plain seconds, or a whole number with `s`, `m`, `h` or
 /// `d`.
@@ -413,21 +541,119 @@ mod tests {
         assert!(parse_duration("soon").is_err());
     }
 
+    fn mesh_id() -> MeshId {
+        proxymesh::membership::Authority::generate().mesh_id()
+    }
+
     #[test]
     fn defaults_match_documented_constants() {
-        let args = Args::try_parse_from(["proxymesh-relay", "--identity", "/tmp/x.key"]).unwrap();
+        let mesh = mesh_id().to_string();
+        let args = Args::try_parse_from([
+            "proxymesh-relay",
+            "--identity",
+            "/tmp/x.key",
+            "--mesh",
+            &mesh,
+        ])
+        .unwrap();
         let config = args.into_config().unwrap();
         assert_eq!(config.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         assert_eq!(config.port, DEFAULT_PORT);
         assert_eq!(config.relay, RelayLimits::default());
-        assert_eq!(config.rendezvous, RendezvousLimits::default());
+        assert_eq!(config.connections, ConnectionLimits::default());
+        assert_eq!(config.connections.max_connections, 4096);
+        assert_eq!(config.connections.max_connections_per_peer, 8);
+        assert_eq!(config.membership.max_members, 4096);
+        assert_eq!(
+            config.membership.policy,
+            Policy::Meshes(vec![mesh.parse().unwrap()])
+        );
+        assert!(config.membership.revocation_files.is_empty());
         assert_eq!(config.relay.max_circuit_bytes, 64 << 30);
+        // The library constructor gives the flags' defaults.
+        let built = RelayConfig::new(
+            config.host,
+            config.port,
+            "/tmp/x.key",
+            Policy::Meshes(vec![mesh.parse().unwrap()]),
+        );
+        assert_eq!(built, config);
+    }
+
+    #[test]
+    fn meshes_open_mesh_and_revocation_files() {
+        let (x, y) = (mesh_id(), mesh_id());
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["proxymesh-relay", "--identity", "/tmp/x.key"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv)
+                .map_err(|e| e.to_string())
+                .and_then(|a| a.into_config().map_err(|e| e.to_string()))
+        };
+        let (xs, ys) = (x.to_string(), y.to_string());
+        let config = parse(&[
+            "--mesh",
+            &xs,
+            "--mesh",
+            &ys,
+            "--mesh",
+            &xs,
+            "--revocations",
+            "/a/revocations",
+            "--revocations",
+            "/b/revocations",
+        ])
+        .unwrap();
+        assert_eq!(config.membership.policy, Policy::Meshes(vec![x, y]));
+        assert_eq!(
+            config.membership.revocation_files,
+            vec![
+                PathBuf::from("/a/revocations"),
+                PathBuf::from("/b/revocations")
+            ]
+        );
+        assert_eq!(
+            parse(&["--open-mesh"]).unwrap().membership.policy,
+            Policy::Open
+        );
+        // Neither: refused, saying how.
+        let err = parse(&[]).unwrap_err();
+        assert!(err.contains("--mesh MESH_ID"), "{err}");
+        assert!(err.contains("--open-mesh"), "{err}");
+        // Both: refused.
+        assert!(parse(&["--open-mesh", "--mesh", &xs]).is_err());
+        // A malformed mesh ID names the flag and the expected form.
+        let err = parse(&["--mesh", "pmm1nonsense"]).unwrap_err();
+        assert!(
+            err.contains("--mesh") && err.contains("not a mesh ID"),
+            "{err}"
+        );
+        // A credential is no mesh ID.
+        let authority = proxymesh::membership::Authority::generate();
+        let now = std::time::SystemTime::now();
+        let cred = authority
+            .admit(libp2p::PeerId::random(), now, now + Duration::from_secs(60))
+            .to_string();
+        assert!(parse(&["--mesh", &cred]).is_err());
+        assert!(parse(&["--open-mesh", "--max-members", "0"]).is_err());
+        assert!(parse(&["--open-mesh", "--max-members", "4097"]).is_err());
+        assert!(parse(&["--open-mesh", "--max-connections", "0"]).is_err());
+        assert!(parse(&["--open-mesh", "--max-connections-per-peer", "0"]).is_err());
+        assert!(parse(&["--open-mesh", "--max-members", "2"]).is_ok());
+        // Embedding: an empty mesh list is refused too.
+        let empty = RelayConfig::new(
+            "127.0.0.1".parse().unwrap(),
+            0,
+            "/tmp/x.key",
+            Policy::Meshes(Vec::new()),
+        );
+        assert!(empty.validate().unwrap_err().to_string().contains("--mesh"));
     }
 
     #[test]
     fn invalid_settings_are_refused() {
         let parse = |extra: &[&str]| {
-            let mut argv = vec!["proxymesh-relay", "--identity", "/tmp/x.key"];
+            let mut argv = vec!["proxymesh-relay", "--identity", "/tmp/x.key", "--open-mesh"];
             argv.extend_from_slice(extra);
             Args::try_parse_from(argv)
                 .map_err(|e| e.to_string())

@@ -16,24 +16,45 @@
 //! the box. Behind a NAT, pass the public address explicitly. AutoNAT may
 //! also confirm addresses that peers observe, and identify tells peers about
 //! them.
+//!
+//! # Members only
+//!
+//! Besides the swarm task, a relay runs the member-protocol server
+//! (in [`crate::members`]) and, with revocation files, a task polling
+//! them ([`crate::revocations`]). Both send their verdicts to the swarm
+//! task over a channel: it closes the connections of refused
+//! and revoked peers. The swarm task also forgets a peer when its last
+//! connection closes, and closes the connections of peers that have not
+//! proven membership within the hello deadline of connecting (30 s,
+//! [`crate::config::MembershipConfig::hello_deadline`]; or whose
+//! credential expired). Reservations and circuits are refused to
+//! non-members by the relay behaviour itself ([`crate::behaviour`]).
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::SwarmEvent;
-use libp2p::{autonat, identify, noise, relay, rendezvous, tcp, yamux, Multiaddr, PeerId, Swarm};
-use tokio::sync::{oneshot, watch};
+use libp2p::swarm::{ListenError, SwarmEvent};
+use libp2p::{
+    autonat, identify, noise, relay, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+};
+use proxymesh::membership::{wire, Policy};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::behaviour::{RelayBehaviour, RelayBehaviourEvent};
 use crate::config::RelayConfig;
+use crate::members::{self, Members};
+use crate::revocations::{self, RevocationFiles};
 
 /// How long to wait for both listeners before giving up on starting.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -41,14 +62,86 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// long to wait for the remaining per-interface addresses before reporting.
 const WILDCARD_SETTLE: Duration = Duration::from_millis(300);
 /// How long a connection without active protocols stays open; long enough
-/// for a daemon to register and discover without redialing.
+/// for a daemon to say hello and reserve without redialing.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// At most how long between checks of connected peers against the hello
+/// deadline ([`crate::config::MembershipConfig::hello_deadline`]).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Each peer's refused reservations and circuits are logged at most once
+/// per this interval (the rest are counted).
+const DENIAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the member server and the revocation watcher ask of the swarm task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Command {
+    /// Close every connection of this peer (refused or revoked).
+    Disconnect(PeerId),
+    /// This peer was just admitted; forget it again if it has meanwhile
+    /// disconnected (its hello raced with the close).
+    Admitted(PeerId),
+}
+
+/// Lets one log line per key through per interval and counts the rest.
+#[derive(Debug)]
+pub(crate) struct LogLimiter<K> {
+    every: Duration,
+    last: HashMap<K, (Instant, u64)>,
+}
+
+impl<K: Hash + Eq> LogLimiter<K> {
+    /// At most one line per key and `every`.
+    pub(crate) fn new(every: Duration) -> Self {
+        LogLimiter {
+            every,
+            last: HashMap::new(),
+        }
+    }
+
+    /// Whether to log for `key` now: `Some(lines suppressed since the last
+    /// one)`, or `None` to stay quiet.
+    pub(crate) fn allow(&mut self, key: K, now: Instant) -> Option<u64> {
+        if self.last.len() >= 4096 {
+            let every = self.every;
+            self.last
+                .retain(|_, (at, _)| now.duration_since(*at) < every);
+        }
+        match self.last.entry(key) {
+            Entry::Occupied(mut e) => {
+                let (at, suppressed) = e.get_mut();
+                if now.duration_since(*at) < self.every {
+                    *suppressed += 1;
+                    None
+                } else {
+                    let n = *suppressed;
+                    *e.get_mut() = (now, 0);
+                    Some(n)
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert((now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// Aborts the relay's helper tasks when the swarm task ends.
+struct Helpers(Vec<JoinHandle<()>>);
+
+impl Drop for Helpers {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
 
 /// A relay running in a background task.
 #[derive(Debug)]
 pub struct RunningRelay {
     peer_id: PeerId,
     addresses: Vec<Multiaddr>,
+    members: Arc<Members>,
     shutdown: ShutdownHandle,
     task: JoinHandle<Result<()>>,
 }
@@ -90,6 +183,12 @@ impl RunningRelay {
             .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
     }
 
+    /// The relay's gate and member directories (read-only use: who is a
+    /// member, who is listed).
+    pub fn members(&self) -> &Arc<Members> {
+        &self.members
+    }
+
     /// A handle that stops the relay.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
@@ -119,7 +218,8 @@ pub async fn run(config: RelayConfig) -> Result<RunningRelay> {
 }
 
 /// Start the relay with `keypair` as its identity (`config.identity` is not
-/// read). Returns once it listens on both QUIC and TCP.
+/// read). Returns once it listens on both QUIC and TCP; by then the
+/// revocation files have been read once.
 pub async fn run_with_keypair(config: RelayConfig, keypair: Keypair) -> Result<RunningRelay> {
     config.validate()?;
     let peer_id = keypair.public().to_peer_id();
@@ -129,7 +229,50 @@ pub async fn run_with_keypair(config: RelayConfig, keypair: Keypair) -> Result<R
         .map(|a| without_own_p2p(a, peer_id))
         .collect::<Result<Vec<_>>>()?;
 
-    let mut swarm = build_swarm(keypair, &config)?;
+    let membership = &config.membership;
+    match &membership.policy {
+        Policy::Open => tracing::warn!(
+            "--open-mesh: this relay serves ANYONE who can reach it, without credentials: \
+             anyone may reserve, relay traffic through it and list every peer. \
+             Use it only in a lab; pass --mesh MESH_ID to serve a closed mesh"
+        ),
+        Policy::Meshes(meshes) => {
+            for mesh in meshes {
+                tracing::info!(%mesh, "serving the members of mesh");
+            }
+        }
+    }
+    let members = Arc::new(Members::new(
+        membership.policy.clone(),
+        membership.max_members,
+    ));
+    let mut revocation_files = RevocationFiles::new(membership.revocation_files.clone());
+    // Before anyone is served, so a revoked peer never slips in at start.
+    revocation_files.poll(&members);
+
+    let mut swarm = build_swarm(keypair, &config, members.clone())?;
+    let incoming = swarm
+        .behaviour()
+        .stream
+        .new_control()
+        .accept(StreamProtocol::new(wire::PROTOCOL))
+        .map_err(|e| anyhow!("cannot serve the member protocol: {e}"))?;
+    let (command_tx, commands) = mpsc::unbounded_channel();
+    let mut helpers = vec![tokio::spawn(members::serve(
+        incoming,
+        members.clone(),
+        command_tx.clone(),
+        membership.max_streams,
+    ))];
+    if !revocation_files.is_empty() {
+        helpers.push(tokio::spawn(watch_revocations(
+            revocation_files,
+            members.clone(),
+            command_tx,
+        )));
+    }
+    let helpers = Helpers(helpers);
+
     let (tcp_addr, quic_addr) = listen_addresses(config.host, config.port);
     // TCP listeners share ports (SO_REUSEPORT, for hole punching), so a port
     // taken by another libp2p node shows up as the QUIC bind failing.
@@ -158,6 +301,13 @@ pub async fn run_with_keypair(config: RelayConfig, keypair: Keypair) -> Result<R
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let driver = Driver {
         swarm,
+        members: members.clone(),
+        commands,
+        connected: HashMap::new(),
+        hello_deadline: membership.hello_deadline,
+        denials: LogLimiter::new(DENIAL_LOG_INTERVAL),
+        limit_log: LogLimiter::new(DENIAL_LOG_INTERVAL),
+        _helpers: helpers,
         peer_id,
         tcp_listener,
         quic_listener,
@@ -173,6 +323,7 @@ pub async fn run_with_keypair(config: RelayConfig, keypair: Keypair) -> Result<R
         Ok(addresses) => Ok(RunningRelay {
             peer_id,
             addresses,
+            members,
             shutdown,
             task,
         }),
@@ -185,7 +336,39 @@ pub async fn run_with_keypair(config: RelayConfig, keypair: Keypair) -> Result<R
     }
 }
 
-fn build_swarm(keypair: Keypair, config: &RelayConfig) -> Result<Swarm<RelayBehaviour>> {
+/// Poll the revocation files every [`revocations::POLL_INTERVAL`]; revoked
+/// peers are disconnected.
+async fn watch_revocations(
+    mut files: RevocationFiles,
+    members: Arc<Members>,
+    commands: mpsc::UnboundedSender<Command>,
+) {
+    loop {
+        tokio::time::sleep(revocations::POLL_INTERVAL).await;
+        let m = members.clone();
+        // Reading and verifying a long list is blocking work.
+        let Ok((back, revoked)) = tokio::task::spawn_blocking(move || {
+            let revoked = files.poll(&m);
+            (files, revoked)
+        })
+        .await
+        else {
+            return;
+        };
+        files = back;
+        for peer in revoked {
+            if commands.send(Command::Disconnect(peer)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn build_swarm(
+    keypair: Keypair,
+    config: &RelayConfig,
+    members: Arc<Members>,
+) -> Result<Swarm<RelayBehaviour>> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -197,7 +380,7 @@ fn build_swarm(keypair: Keypair, config: &RelayConfig) -> Result<Swarm<RelayBeha
         .with_quic()
         .with_dns()
         .context("cannot set up DNS resolution (is /etc/resolv.conf readable?)")?
-        .with_behaviour(|key| RelayBehaviour::new(key, config))
+        .with_behaviour(|key| RelayBehaviour::new(key, config, members))
         .map_err(|e| anyhow!("cannot set up the relay protocols: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
@@ -245,6 +428,17 @@ fn with_p2p(address: &Multiaddr, peer_id: PeerId) -> Multiaddr {
 /// The task that owns the swarm.
 struct Driver {
     swarm: Swarm<RelayBehaviour>,
+    members: Arc<Members>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Connected peers, with when their first current connection opened.
+    connected: HashMap<PeerId, Instant>,
+    /// How long a connected peer has to prove membership.
+    hello_deadline: Duration,
+    /// Rate-limits the logging of refused reservations and circuits.
+    denials: LogLimiter<(PeerId, &'static str)>,
+    /// Rate-limits the logging of connections refused by the limits.
+    limit_log: LogLimiter<String>,
+    _helpers: Helpers,
     peer_id: PeerId,
     tcp_listener: ListenerId,
     quic_listener: ListenerId,
@@ -262,6 +456,12 @@ impl Driver {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let startup_deadline = Instant::now() + STARTUP_TIMEOUT;
         let mut settle_deadline: Option<Instant> = None;
+        let every = SWEEP_INTERVAL
+            .min(self.hello_deadline / 2)
+            .max(Duration::from_millis(100));
+        let mut sweep = tokio::time::interval(every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let closed_mesh = !self.members.gate().policy().is_open();
         loop {
             let report_at = if self.ready.is_none() {
                 None
@@ -302,6 +502,8 @@ impl Driver {
                     self.report_ready();
                 }
                 event = self.swarm.select_next_some() => self.on_event(event)?,
+                Some(command) = self.commands.recv() => self.on_command(command),
+                _ = sweep.tick(), if closed_mesh => self.sweep(),
             }
         }
     }
@@ -327,6 +529,47 @@ impl Driver {
         let _ = ready.send(addresses);
     }
 
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Disconnect(peer) => {
+                if self.swarm.disconnect_peer_id(peer).is_ok() {
+                    tracing::debug!(%peer, "closing the connections of a refused peer");
+                }
+            }
+            Command::Admitted(peer) => {
+                if !self.swarm.is_connected(&peer) {
+                    self.members.forget(&peer);
+                }
+            }
+        }
+    }
+
+    /// Close the connections of peers that did not prove membership within
+    /// the hello deadline, or whose membership ran out.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let overdue: Vec<PeerId> = self
+            .connected
+            .iter()
+            .filter(|(peer, since)| {
+                now.duration_since(**since) >= self.hello_deadline
+                    && !self.members.is_member(peer, wall)
+            })
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in overdue {
+            tracing::warn!(
+                %peer,
+                "no valid membership (no accepted hello within {} s of connecting, or the credential expired); disconnecting",
+                self.hello_deadline.as_secs_f64()
+            );
+            // Not again before another deadline has passed.
+            self.connected.insert(peer, now);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
     fn listener_addrs(&mut self, listener: ListenerId) -> Option<&mut Vec<Multiaddr>> {
         if listener == self.tcp_listener {
             Some(&mut self.tcp_addrs)
@@ -339,7 +582,7 @@ impl Driver {
 
     fn on_event(&mut self, event: SwarmEvent<RelayBehaviourEvent>) -> Result<()> {
         match event {
-            SwarmEvent::Behaviour(event) => on_behaviour_event(event),
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,
@@ -409,6 +652,7 @@ impl Driver {
                 ..
             } => {
                 tracing::debug!(%peer_id, address = %endpoint.get_remote_address(), num_established, "connected");
+                self.connected.entry(peer_id).or_insert_with(Instant::now);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -417,6 +661,22 @@ impl Driver {
                 ..
             } => {
                 tracing::debug!(%peer_id, ?cause, num_established, "disconnected");
+                if num_established == 0 {
+                    self.connected.remove(&peer_id);
+                    if self.members.forget(&peer_id) {
+                        tracing::info!(peer = %peer_id, "member left");
+                    }
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error: ListenError::Denied { cause },
+                ..
+            } => {
+                let reason = innermost(&cause);
+                if let Some(suppressed) = self.limit_log.allow(reason.clone(), Instant::now()) {
+                    tracing::warn!(%send_back_addr, %reason, suppressed, "connection refused");
+                }
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -443,30 +703,71 @@ impl Driver {
     }
 }
 
-fn on_behaviour_event(event: RelayBehaviourEvent) {
-    match event {
-        RelayBehaviourEvent::Relay(event) => on_relay_event(event),
-        RelayBehaviourEvent::Rendezvous(event) => on_rendezvous_event(event),
-        RelayBehaviourEvent::Autonat(event) => on_autonat_event(event),
-        RelayBehaviourEvent::Identify(event) => match event {
-            identify::Event::Received { peer_id, info, .. } => {
-                tracing::debug!(
-                    %peer_id,
-                    agent = %info.agent_version,
-                    protocol = %info.protocol_version,
-                    observed_addr = %info.observed_addr,
-                    "identified peer"
-                );
+impl Driver {
+    fn on_behaviour_event(&mut self, event: RelayBehaviourEvent) {
+        match event {
+            RelayBehaviourEvent::Relay(event) => self.on_relay_event(event),
+            RelayBehaviourEvent::Autonat(event) => on_autonat_event(event),
+            RelayBehaviourEvent::Identify(event) => match event {
+                identify::Event::Received { peer_id, info, .. } => {
+                    tracing::debug!(
+                        %peer_id,
+                        agent = %info.agent_version,
+                        protocol = %info.protocol_version,
+                        observed_addr = %info.observed_addr,
+                        "identified peer"
+                    );
+                }
+                identify::Event::Error { peer_id, error, .. } => {
+                    tracing::debug!(%peer_id, %error, "identify failed");
+                }
+                _ => {}
+            },
+            RelayBehaviourEvent::Ping(event) => {
+                if let Err(error) = event.result {
+                    tracing::debug!(peer_id = %event.peer, %error, "ping failed");
+                }
             }
-            identify::Event::Error { peer_id, error, .. } => {
-                tracing::debug!(%peer_id, %error, "identify failed");
+            RelayBehaviourEvent::Stream(()) => {}
+            RelayBehaviourEvent::Limits(never) => match never {},
+        }
+    }
+
+    /// Why a peer's reservation or circuit was refused, for the log.
+    fn refusal(&self, peer: &PeerId) -> &'static str {
+        if self.members.is_member(peer, SystemTime::now()) {
+            "limit reached"
+        } else {
+            "not a member of a mesh served here"
+        }
+    }
+
+    #[allow(deprecated)] // the deprecated variants still occur and are worth logging
+    fn on_relay_event(&mut self, event: relay::Event) {
+        use relay::Event::*;
+        match event {
+            ReservationReqDenied {
+                src_peer_id,
+                status,
+            } => {
+                const KIND: &str = "reservation";
+                if let Some(suppressed) = self.denials.allow((src_peer_id, KIND), Instant::now()) {
+                    let reason = self.refusal(&src_peer_id);
+                    tracing::warn!(peer_id = %src_peer_id, reason, ?status, suppressed, "reservation refused");
+                }
             }
-            _ => {}
-        },
-        RelayBehaviourEvent::Ping(event) => {
-            if let Err(error) = event.result {
-                tracing::debug!(peer_id = %event.peer, %error, "ping failed");
+            CircuitReqDenied {
+                src_peer_id,
+                dst_peer_id,
+                status,
+            } => {
+                const KIND: &str = "circuit";
+                if let Some(suppressed) = self.denials.allow((src_peer_id, KIND), Instant::now()) {
+                    let reason = self.refusal(&src_peer_id);
+                    tracing::warn!(src = %src_peer_id, dst = %dst_peer_id, reason, ?status, suppressed, "circuit refused");
+                }
             }
+            event => on_relay_event(event),
         }
     }
 }
@@ -481,12 +782,8 @@ fn on_relay_event(event: relay::Event) {
         } => {
             tracing::info!(peer_id = %src_peer_id, renewed, "reservation accepted");
         }
-        ReservationReqDenied {
-            src_peer_id,
-            status,
-        } => {
-            tracing::warn!(peer_id = %src_peer_id, ?status, "reservation refused");
-        }
+        // Logged by the driver, which knows about membership.
+        ReservationReqDenied { .. } | CircuitReqDenied { .. } => {}
         ReservationReqAcceptFailed { src_peer_id, error } => {
             tracing::warn!(peer_id = %src_peer_id, %error, "accepting a reservation failed");
         }
@@ -504,13 +801,6 @@ fn on_relay_event(event: relay::Event) {
             dst_peer_id,
         } => {
             tracing::info!(src = %src_peer_id, dst = %dst_peer_id, "circuit opened");
-        }
-        CircuitReqDenied {
-            src_peer_id,
-            dst_peer_id,
-            status,
-        } => {
-            tracing::warn!(src = %src_peer_id, dst = %dst_peer_id, ?status, "circuit refused");
         }
         CircuitReqDenyFailed {
             src_peer_id,
@@ -544,47 +834,6 @@ fn on_relay_event(event: relay::Event) {
             }
         },
         StatusChanged { status } => tracing::info!(?status, "relay service status"),
-    }
-}
-
-fn on_rendezvous_event(event: rendezvous::server::Event) {
-    use rendezvous::server::Event::*;
-    match event {
-        PeerRegistered { peer, registration } => {
-            tracing::info!(
-                peer_id = %peer,
-                namespace = %registration.namespace,
-                ttl = registration.ttl,
-                addresses = ?registration.record.addresses(),
-                "rendezvous registration"
-            );
-        }
-        PeerNotRegistered {
-            peer,
-            namespace,
-            error,
-        } => {
-            tracing::warn!(peer_id = %peer, %namespace, ?error, "rendezvous registration refused");
-        }
-        PeerUnregistered { peer, namespace } => {
-            tracing::info!(peer_id = %peer, %namespace, "rendezvous unregistration");
-        }
-        RegistrationExpired(registration) => {
-            tracing::info!(
-                peer_id = %registration.record.peer_id(),
-                namespace = %registration.namespace,
-                "rendezvous registration expired"
-            );
-        }
-        DiscoverServed {
-            enquirer,
-            registrations,
-        } => {
-            tracing::debug!(peer_id = %enquirer, found = registrations.len(), "rendezvous discovery served");
-        }
-        DiscoverNotServed { enquirer, error } => {
-            tracing::warn!(peer_id = %enquirer, ?error, "rendezvous discovery refused");
-        }
     }
 }
 

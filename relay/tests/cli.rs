@@ -1,16 +1,17 @@
-//! The `proxymesh-relay` binary: its stdout contract, persistent identity and
-//! error exits.
+//! The `proxymesh-relay` binary: its stdout contract, persistent identity,
+//! whom it serves, and error exits.
 
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{is_quic, is_tcp, peer_of, RelayProcess, BIN};
+use common::{is_quic, is_tcp, peer_of, Mesh, RelayProcess, BIN};
 
 #[test]
 fn prints_dialable_quic_and_tcp_addresses_and_exits_cleanly_on_sigterm() {
-    let (relay, _dir) = RelayProcess::start(&[]);
+    let mesh = Mesh::new();
+    let (relay, _dir) = mesh.start_relay(&[]);
     assert_eq!(
         relay.addresses.len(),
         2,
@@ -31,6 +32,10 @@ fn prints_dialable_quic_and_tcp_addresses_and_exits_cleanly_on_sigterm() {
     assert!(relay.addresses.iter().any(is_quic), "{:?}", relay.addresses);
     assert!(relay.addresses.iter().any(is_tcp), "{:?}", relay.addresses);
     let logs = relay.logs();
+    assert!(
+        logs.contains("serving the members of mesh") && logs.contains(&mesh.id()),
+        "the served mesh is logged:\n{logs}"
+    );
     let status = relay.terminate();
     assert!(status.success(), "exit status {status:?}; stderr:\n{logs}");
 }
@@ -39,13 +44,16 @@ fn prints_dialable_quic_and_tcp_addresses_and_exits_cleanly_on_sigterm() {
 fn peer_id_survives_restarts_with_the_same_identity_file() {
     let dir = tempfile::tempdir().unwrap();
     let identity = dir.path().join("nested/relay.key");
-    let first = RelayProcess::start_with_identity(&identity, &[]);
+    let mesh = Mesh::new();
+    let id = mesh.id();
+    let args = ["--mesh", id.as_str()];
+    let first = RelayProcess::start_with_identity(&identity, &args);
     let first_id = first.peer_id;
     drop(first);
     assert!(identity.exists(), "the identity file is created");
-    let second = RelayProcess::start_with_identity(&identity, &[]);
+    let second = RelayProcess::start_with_identity(&identity, &args);
     assert_eq!(second.peer_id, first_id);
-    let (other, _other_dir) = RelayProcess::start(&[]);
+    let (other, _other_dir) = mesh.start_relay(&[]);
     assert_ne!(
         other.peer_id, first_id,
         "another identity file, another peer ID"
@@ -54,7 +62,7 @@ fn peer_id_survives_restarts_with_the_same_identity_file() {
 
 #[test]
 fn external_addresses_replace_listen_addresses_on_stdout() {
-    let (relay, _dir) = RelayProcess::start(&[
+    let (relay, _dir) = Mesh::new().start_relay(&[
         "--external-address",
         "/ip4/203.0.113.7/udp/4001/quic-v1",
         "--external-address",
@@ -100,6 +108,7 @@ fn damaged_identity_file_is_refused_and_kept() {
     let identity = dir.path().join("relay.key");
     std::fs::write(&identity, b"not a keypair").unwrap();
     let (code, stderr) = run_failing(&[
+        "--open-mesh",
         "--host",
         "127.0.0.1",
         "--port",
@@ -118,7 +127,8 @@ fn damaged_identity_file_is_refused_and_kept() {
 
 #[test]
 fn port_in_use_is_a_clear_error() {
-    let (relay, dir) = RelayProcess::start(&[]);
+    let mesh = Mesh::new();
+    let (relay, dir) = mesh.start_relay(&[]);
     let port = relay
         .quic()
         .iter()
@@ -129,7 +139,10 @@ fn port_in_use_is_a_clear_error() {
         .unwrap()
         .to_string();
     let other_identity = dir.path().join("other.key");
+    let id = mesh.id();
     let (code, stderr) = run_failing(&[
+        "--mesh",
+        &id,
         "--host",
         "127.0.0.1",
         "--port",
@@ -155,8 +168,14 @@ fn bad_flags_are_refused() {
         (vec!["--external-address", "nowhere"], "--external-address"),
         (vec!["--host", "not-an-ip"], "--host"),
         (vec!["--log", "x=[bad"], "--log"),
+        (vec!["--max-members", "0"], "--max-members"),
+        (vec!["--max-connections", "0"], "--max-connections"),
+        (
+            vec!["--max-connections-per-peer", "none"],
+            "--max-connections-per-peer",
+        ),
     ] {
-        let mut argv = vec!["--port", "0", "--identity", identity];
+        let mut argv = vec!["--open-mesh", "--port", "0", "--identity", identity];
         argv.extend(args.iter().copied());
         let (code, stderr) = run_failing(&argv);
         assert_ne!(code, 0, "{args:?}");
@@ -166,4 +185,89 @@ fn bad_flags_are_refused() {
         !std::path::Path::new(identity).exists(),
         "no identity created for a refused start"
     );
+}
+
+#[test]
+fn refuses_to_start_without_a_mesh_and_says_how() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = dir.path().join("relay.key");
+    let (code, stderr) = run_failing(&[
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--identity",
+        identity.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("pass --mesh MESH_ID (printed by `proxymesh mesh init DIR`)")
+            && stderr.contains("--open-mesh"),
+        "{stderr}"
+    );
+    assert!(
+        !identity.exists(),
+        "no identity created for a refused start"
+    );
+}
+
+#[test]
+fn malformed_or_conflicting_mesh_flags_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = dir.path().join("relay.key");
+    let identity = identity.to_str().unwrap();
+    let mesh = Mesh::new().id();
+    let now = std::time::SystemTime::now();
+    let credential = Mesh::new()
+        .authority
+        .admit(libp2p::PeerId::random(), now, now + Duration::from_secs(60))
+        .to_string();
+    // A typo in a copied mesh ID: the checksum catches it.
+    let mut typo: Vec<char> = mesh.chars().collect();
+    let i = typo.len() - 3;
+    typo[i] = if typo[i] == 'a' { 'b' } else { 'a' };
+    let typo: String = typo.into_iter().collect();
+    for (args, expected) in [
+        (vec!["--mesh", "not-a-mesh"], "not a mesh ID"),
+        (vec!["--mesh", typo.as_str()], "checksum"),
+        (vec!["--mesh", credential.as_str()], "not a mesh ID"),
+        (vec!["--mesh", mesh.as_str(), "--open-mesh"], "--open-mesh"),
+    ] {
+        let mut argv = vec!["--port", "0", "--identity", identity];
+        argv.extend(args.iter().copied());
+        let (code, stderr) = run_failing(&argv);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(stderr.contains("--mesh"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn open_mesh_starts_with_a_loud_warning() {
+    let (relay, _dir) = RelayProcess::start(&["--open-mesh"]);
+    let logs = relay.logs();
+    assert!(
+        logs.contains("WARN") && logs.contains("ANYONE"),
+        "the open relay warns:\n{logs}"
+    );
+    let status = relay.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn help_documents_the_membership_flags() {
+    let output = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--mesh <MESH_ID>",
+        "--open-mesh",
+        "--revocations <FILE>",
+        "--max-members <N>",
+        "--max-connections <N>",
+        "--max-connections-per-peer <N>",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+    assert!(!help.contains("rendezvous"), "{help}");
 }

@@ -1,24 +1,34 @@
-//! Real libp2p clients against a real relay on loopback: reservations over
-//! QUIC and TCP, rendezvous, relayed transfers and circuit limits.
+//! Real libp2p clients, members of a throw-away mesh, against a real relay
+//! on loopback: reservations over QUIC and TCP, relayed transfers and
+//! circuit limits.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{
-    payload, peer_of, serve_transfers, transfer, ClientEvent, ClientHandle, RelayProcess,
+    payload, serve_transfers, transfer, ClientEvent, ClientHandle, Mesh, RelayProcess, WAIT,
 };
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{ping, rendezvous, Multiaddr, PeerId};
-
-const WAIT: Duration = Duration::from_secs(30);
+use libp2p::{ping, Multiaddr, PeerId};
 
 #[tokio::test]
 async fn reservations_are_accepted_over_quic_and_tcp() {
-    let (relay, _dir) = RelayProcess::start(&[]);
-    for address in [relay.quic(), relay.tcp()] {
+    let mesh = Mesh::new();
+    let (relay, _dir) = mesh.start_relay(&[]);
+    for (address, quic) in [(relay.quic(), true), (relay.tcp(), false)] {
         let mut client = ClientHandle::spawn();
+        // The member's connection, and so its reservation, uses the
+        // transport of `address`.
+        let remote = client.connect(&address).await;
+        assert_eq!(common::is_quic(&remote), quic, "{remote}");
+        let credential = mesh.credential(client.peer_id);
+        common::welcomed(
+            client
+                .hello(relay.peer_id, Some(credential), Vec::new())
+                .await,
+        );
         // Whichever transport the reservation used, the relay announces all
         // its addresses, and the client listens through each.
         let mut relayed = client.reserve(&address, 2).await;
@@ -38,106 +48,16 @@ async fn reservations_are_accepted_over_quic_and_tcp() {
     relay.wait_for_log("reservation accepted", 2, Duration::from_secs(10));
 }
 
-/// Connect `client` to the relay and wait for the connection.
-async fn connect(client: &mut ClientHandle, relay_addr: &Multiaddr) {
-    let relay_id = peer_of(relay_addr).unwrap();
-    let addr = relay_addr.clone();
-    client.with(move |s| s.dial(addr).expect("dial relay"));
-    client
-        .wait_for("connection to the relay", WAIT, |e| match e {
-            SwarmEvent::ConnectionEstablished { peer_id, .. } if *peer_id == relay_id => Some(()),
-            SwarmEvent::OutgoingConnectionError { error, .. } => panic!("dial failed: {error}"),
-            _ => None,
-        })
-        .await;
-}
-
-#[tokio::test]
-async fn embedded_relay_serves_rendezvous_registration_and_discovery() {
-    // This test embeds the relay through the library API instead of the binary.
-    let dir = tempfile::tempdir().unwrap();
-    let config = proxymesh_relay::RelayConfig::new(
-        "127.0.0.1".parse().unwrap(),
-        0,
-        dir.path().join("relay.key"),
-    );
-    let relay = proxymesh_relay::run(config).await.unwrap();
-    let relay_id = relay.peer_id();
-    let relay_addr = relay.quic_address().unwrap().clone();
-    assert!(relay.tcp_address().is_some());
-
-    // A registers its relayed address under two namespaces.
-    let mut a = ClientHandle::spawn();
-    let circuit = a.reserve_via(&relay_addr, 2).await;
-    let announced = circuit.clone();
-    a.with(move |s| s.add_external_address(announced));
-    let namespaces = [
-        "proxymesh",
-        "proxymesh-ep-5d1c1b7e-6a43-4bb5-9d58-2d2f1a7c9e10",
-    ];
-    for ns in namespaces {
-        let namespace = rendezvous::Namespace::new(ns.to_string()).unwrap();
-        a.with(move |s| {
-            s.behaviour_mut()
-                .rendezvous
-                .register(namespace, relay_id, None)
-                .unwrap()
-        });
-        a.wait_for("registration", WAIT, |e| match e {
-            SwarmEvent::Behaviour(ClientEvent::Rendezvous(
-                rendezvous::client::Event::Registered { namespace, .. },
-            )) if namespace.to_string().as_str() == ns => Some(()),
-            SwarmEvent::Behaviour(ClientEvent::Rendezvous(
-                rendezvous::client::Event::RegisterFailed { error, .. },
-            )) => panic!("registration refused: {error:?}"),
-            _ => None,
-        })
-        .await;
-    }
-
-    // B finds A, with its address, under the endpoint namespace only.
-    let mut b = ClientHandle::spawn();
-    connect(&mut b, &relay_addr).await;
-    for (ns, expect_a) in [(namespaces[1], true), ("proxymesh-ep-unknown", false)] {
-        let namespace = rendezvous::Namespace::new(ns.to_string()).unwrap();
-        b.with(move |s| {
-            s.behaviour_mut()
-                .rendezvous
-                .discover(Some(namespace), None, None, relay_id)
-        });
-        let registrations = b
-            .wait_for("discovery", WAIT, |e| match e {
-                SwarmEvent::Behaviour(ClientEvent::Rendezvous(
-                    rendezvous::client::Event::Discovered { registrations, .. },
-                )) => Some(registrations.clone()),
-                SwarmEvent::Behaviour(ClientEvent::Rendezvous(
-                    rendezvous::client::Event::DiscoverFailed { error, .. },
-                )) => panic!("discovery refused: {error:?}"),
-                _ => None,
-            })
-            .await;
-        if expect_a {
-            assert_eq!(registrations.len(), 1, "{registrations:?}");
-            assert_eq!(registrations[0].record.peer_id(), a.peer_id);
-            assert_eq!(registrations[0].namespace.to_string(), ns);
-            assert_eq!(
-                registrations[0].record.addresses(),
-                std::slice::from_ref(&circuit)
-            );
-        } else {
-            assert!(registrations.is_empty(), "{registrations:?}");
-        }
-    }
-    relay.shutdown().await.unwrap();
-}
-
-/// A reserves on the relay over TCP and serves transfers; B dials A through
-/// the relay. Returns both once the relayed connection is up.
-async fn relayed_pair(relay: &RelayProcess) -> (ClientHandle, ClientHandle) {
+/// A and B join `mesh` at the relay over TCP; A reserves and serves
+/// transfers; B dials A through the relay. Returns both once the relayed
+/// connection is up.
+async fn relayed_pair(relay: &RelayProcess, mesh: &Mesh) -> (ClientHandle, ClientHandle) {
     let mut a = ClientHandle::spawn();
     serve_transfers(&mut a.control);
+    a.join(&relay.tcp(), mesh, Vec::new()).await;
     let target = a.reserve_via(&relay.tcp(), 2).await;
     let mut b = ClientHandle::spawn();
+    b.join(&relay.tcp(), mesh, Vec::new()).await;
     let a_id = a.peer_id;
     b.with(move |s| s.dial(target).expect("dial A via the relay"));
     b.wait_for("relayed connection to A", WAIT, |e| match e {
@@ -174,8 +94,9 @@ async fn closed(b: &mut ClientHandle, peer: PeerId, within: Duration) -> Instant
 
 #[tokio::test]
 async fn default_limits_carry_megabytes_and_outlive_short_circuits() {
-    let (relay, _dir) = RelayProcess::start(&[]);
-    let (a, mut b) = relayed_pair(&relay).await;
+    let mesh = Mesh::new();
+    let (relay, _dir) = mesh.start_relay(&[]);
+    let (a, mut b) = relayed_pair(&relay, &mesh).await;
     let data = payload(4 << 20);
     let started = Instant::now();
     transfer(&mut b.control, a.peer_id, &data)
@@ -218,8 +139,9 @@ async fn default_limits_carry_megabytes_and_outlive_short_circuits() {
 
 #[tokio::test]
 async fn circuit_byte_limit_cuts_the_relayed_connection() {
-    let (relay, _dir) = RelayProcess::start(&["--max-circuit-bytes", "64KiB"]);
-    let (a, mut b) = relayed_pair(&relay).await;
+    let mesh = Mesh::new();
+    let (relay, _dir) = mesh.start_relay(&["--max-circuit-bytes", "64KiB"]);
+    let (a, mut b) = relayed_pair(&relay, &mesh).await;
     let result = transfer(&mut b.control, a.peer_id, &payload(1 << 20)).await;
     assert!(result.is_err(), "1 MiB passed a 64 KiB circuit limit");
     closed(&mut b, a.peer_id, WAIT).await;
@@ -229,8 +151,9 @@ async fn circuit_byte_limit_cuts_the_relayed_connection() {
 
 #[tokio::test]
 async fn circuit_duration_limit_cuts_the_relayed_connection() {
-    let (relay, _dir) = RelayProcess::start(&["--max-circuit-duration", "3"]);
-    let (a, mut b) = relayed_pair(&relay).await;
+    let mesh = Mesh::new();
+    let (relay, _dir) = mesh.start_relay(&["--max-circuit-duration", "3"]);
+    let (a, mut b) = relayed_pair(&relay, &mesh).await;
     let opened = Instant::now();
     // Pings keep flowing, so only the limit can end the connection.
     let at = closed(&mut b, a.peer_id, WAIT).await;
@@ -243,8 +166,9 @@ async fn circuit_duration_limit_cuts_the_relayed_connection() {
 
 #[tokio::test]
 async fn circuit_rate_limit_refuses_a_second_circuit() {
-    let (relay, _dir) = RelayProcess::start(&["--circuit-rate-per-peer", "1"]);
-    let (a, mut b) = relayed_pair(&relay).await;
+    let mesh = Mesh::new();
+    let (relay, _dir) = mesh.start_relay(&["--circuit-rate-per-peer", "1"]);
+    let (a, mut b) = relayed_pair(&relay, &mesh).await;
     let a_id = a.peer_id;
     b.with(move |s| {
         s.disconnect_peer_id(a_id).unwrap();

@@ -1,6 +1,7 @@
-//! Shared helpers: the relay binary as a child process, and libp2p client
-//! swarms built like a proxymesh daemon's (relay client, identify, ping,
-//! rendezvous client) plus a byte-stream protocol for transfers.
+//! Shared helpers: throw-away mesh authorities, the relay binary as a child
+//! process, and libp2p client swarms built like a proxymesh daemon's (relay
+//! client, identify, ping, the member protocol) plus a byte-stream protocol
+//! for transfers.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -14,12 +15,61 @@ use std::time::Duration;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{
-    identify, noise, ping, relay, rendezvous, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
-};
+use libp2p::{identify, noise, ping, relay, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use proxymesh::membership::wire::{self, Member, Message};
+use proxymesh::membership::{Authority, Credential, RevocationList};
 use tokio::sync::mpsc as tokio_mpsc;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_proxymesh-relay");
+
+/// Generous bound for anything over loopback on a loaded machine.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A throw-away mesh: its authority, and a directory for its revocation list.
+pub struct Mesh {
+    pub authority: Authority,
+    pub dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    pub fn new() -> Mesh {
+        Mesh {
+            authority: Authority::generate(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The mesh ID, as passed to `--mesh`.
+    pub fn id(&self) -> String {
+        self.authority.mesh_id().to_string()
+    }
+
+    /// A credential for `peer`, valid for an hour.
+    pub fn credential(&self, peer: PeerId) -> Credential {
+        let now = std::time::SystemTime::now();
+        self.authority
+            .admit(peer, now, now + Duration::from_secs(3600))
+    }
+
+    /// Where `proxymesh mesh revoke` keeps the list (absent until the first
+    /// revocation).
+    pub fn revocations_path(&self) -> PathBuf {
+        self.dir.path().join("revocations")
+    }
+
+    /// Revoke `peers` (the next list, written to [`Mesh::revocations_path`]).
+    pub fn revoke(&self, peers: &[PeerId]) -> RevocationList {
+        self.authority.revoke(self.dir.path(), peers).unwrap()
+    }
+
+    /// Start the relay binary serving this mesh, plus `extra` flags.
+    pub fn start_relay(&self, extra: &[&str]) -> (RelayProcess, tempfile::TempDir) {
+        let id = self.id();
+        let mut args = vec!["--mesh", id.as_str()];
+        args.extend_from_slice(extra);
+        RelayProcess::start(&args)
+    }
+}
 
 /// The relay binary running as a child process; killed on drop.
 pub struct RelayProcess {
@@ -118,6 +168,26 @@ impl RelayProcess {
         }
     }
 
+    /// Wait until a log line satisfies `pred`; returns it.
+    pub fn wait_for_line(
+        &self,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let logs = self.logs();
+            if let Some(line) = logs.lines().find(|l| pred(l)) {
+                return line.to_string();
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("relay did not log {what} within {timeout:?}; logs:\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Send SIGTERM and wait for the exit status.
     pub fn terminate(mut self) -> ExitStatus {
         let status = Command::new("kill")
@@ -207,7 +277,6 @@ pub struct Client {
     pub relay_client: relay::client::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    pub rendezvous: rendezvous::client::Behaviour,
     pub stream: libp2p_stream::Behaviour,
 }
 
@@ -248,7 +317,6 @@ impl ClientHandle {
                 ping: ping::Behaviour::new(
                     ping::Config::new().with_interval(Duration::from_millis(500)),
                 ),
-                rendezvous: rendezvous::client::Behaviour::new(key.clone()),
                 stream: libp2p_stream::Behaviour::new(),
             })
             .unwrap()
@@ -313,6 +381,110 @@ impl ClientHandle {
         }
     }
 
+    /// Dial `relay_addr` (ending in `/p2p/<relay>`) and wait for the
+    /// connection; returns its remote address.
+    pub async fn connect(&mut self, relay_addr: &Multiaddr) -> Multiaddr {
+        let relay_id = peer_of(relay_addr).unwrap();
+        let addr = relay_addr.clone();
+        self.with(move |s| s.dial(addr).expect("dial relay"));
+        self.wait_for("connection to the relay", WAIT, |e| match e {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } if *peer_id == relay_id => Some(endpoint.get_remote_address().clone()),
+            SwarmEvent::OutgoingConnectionError { error, .. } => panic!("dial failed: {error}"),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Say hello to `relay` on the member protocol (connected already) and
+    /// return its answer. Retries if the stream fails without an answer.
+    pub async fn hello(
+        &mut self,
+        relay: PeerId,
+        credential: Option<Credential>,
+        addrs: Vec<Multiaddr>,
+    ) -> Message {
+        let hello = Message::Hello { credential, addrs };
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let attempt = tokio::time::timeout(WAIT, async {
+                let mut stream = self
+                    .control
+                    .open_stream(relay, MEMBER)
+                    .await
+                    .map_err(|e| format!("open: {e}"))?;
+                wire::write_message(&mut stream, &hello)
+                    .await
+                    .map_err(|e| format!("write: {e}"))?;
+                wire::read_message(&mut stream)
+                    .await
+                    .map_err(|e| format!("read: {e}"))
+            })
+            .await;
+            match attempt {
+                Ok(Ok(answer)) => return answer,
+                Ok(Err(e)) => failures.push(e),
+                Err(_) => failures.push(format!("no answer within {WAIT:?}")),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("hello to {relay} failed: {failures:?}")
+    }
+
+    /// Connect to the relay at `relay_addr` and join `mesh` with a valid
+    /// credential and `addrs`; returns the members the welcome lists.
+    pub async fn join(
+        &mut self,
+        relay_addr: &Multiaddr,
+        mesh: &Mesh,
+        addrs: Vec<Multiaddr>,
+    ) -> Vec<Member> {
+        self.connect(relay_addr).await;
+        let credential = mesh.credential(self.peer_id);
+        welcomed(
+            self.hello(peer_of(relay_addr).unwrap(), Some(credential), addrs)
+                .await,
+        )
+    }
+
+    /// Wait until the connection to `relay` closes.
+    pub async fn disconnected(&mut self, relay: PeerId, within: Duration) {
+        self.wait_for("the relay to close the connection", within, |e| match e {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } if *peer_id == relay => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Ask the relay at `relay_addr` for a reservation and expect a denial.
+    pub async fn reservation_denied(&mut self, relay_addr: &Multiaddr) {
+        let relay_id = peer_of(relay_addr).unwrap();
+        let circuit = relay_addr.clone().with(Protocol::P2pCircuit);
+        self.with(move |s| {
+            s.listen_on(circuit).expect("listen on the circuit address");
+        });
+        self.wait_for("the reservation to be denied", WAIT, |e| match e {
+            SwarmEvent::Behaviour(ClientEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) if *relay_peer_id == relay_id => {
+                panic!("a non-member got a reservation")
+            }
+            SwarmEvent::NewListenAddr { address, .. }
+                if address.iter().any(|p| p == Protocol::P2pCircuit) =>
+            {
+                panic!("a non-member listens through the relay at {address}")
+            }
+            SwarmEvent::ListenerClosed { reason, .. } => Some(format!("{reason:?}")),
+            _ => None,
+        })
+        .await;
+    }
+
     /// Reserve a slot on the relay at `relay_addr` (ending in `/p2p/<relay>`)
     /// and wait until the relay accepts. The client then listens at
     /// `<address>/p2p-circuit/p2p/<client>` for every address the relay
@@ -360,6 +532,25 @@ impl ClientHandle {
             .unwrap_or_else(|| panic!("no relayed address through {relay_addr}"))
     }
 }
+
+/// The members of a welcome; panics on anything else.
+pub fn welcomed(answer: Message) -> Vec<Member> {
+    match answer {
+        Message::Welcome { members, .. } => members,
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+}
+
+/// The reason of a refusal; panics on anything else.
+pub fn refused(answer: Message) -> String {
+    match answer {
+        Message::Refused(reason) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// The member protocol.
+pub const MEMBER: StreamProtocol = StreamProtocol::new(wire::PROTOCOL);
 
 /// Deterministic test payload.
 pub fn payload(len: usize) -> Vec<u8> {
