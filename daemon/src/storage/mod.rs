@@ -159,12 +159,16 @@ pub enum ObjectReader {
         /// Metadata.
         meta: ObjectMeta,
     },
-    /// An open file.
+    /// An open file. Its bytes are checked against the recorded BLAKE3 as
+    /// they are read ([`ObjectReader::into_stream`], [`ObjectReader::read_all`]):
+    /// a file damaged at rest fails the read and is dropped from the store.
     File {
         /// The open file (stays readable after an evict).
         file: tokio::fs::File,
         /// Metadata.
         meta: ObjectMeta,
+        /// Drops this version from the store if its bytes turn out corrupt.
+        quarantine: Box<reader::Quarantine>,
     },
 }
 
@@ -236,7 +240,7 @@ impl Storage {
         &self,
         name: &ObjectName,
     ) -> Result<Option<ObjectReader>, StorageError> {
-        self.inner.open_reader(name).await
+        Inner::open_reader(&self.inner, name).await
     }
 
     /// Metadata of `name`.

@@ -601,6 +601,87 @@ async fn truncated_file_is_reported_not_silently_short() {
     assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
 }
 
+#[tokio::test]
+async fn a_bit_flipped_at_rest_fails_the_read_and_drops_the_object() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(cfg(dir.path())).await.unwrap();
+    let (name, other) = (nid(), nid());
+    let bytes = data(300 * KIB as usize, 15);
+    put(&s, &name, &bytes, 8192).await.unwrap();
+    // Intact objects read back whole (verification passes).
+    assert_eq!(get(&s, &name).await.unwrap(), bytes);
+    let file = data_files(dir.path())[0].clone();
+    put(&s, &other, &data(200 * KIB as usize, 16), 8192)
+        .await
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .unwrap();
+    f.seek(SeekFrom::Start(123_456)).unwrap();
+    let mut b = [0u8; 1];
+    std::io::Read::read_exact(&mut f, &mut b).unwrap();
+    f.seek(SeekFrom::Start(123_456)).unwrap();
+    f.write_all(&[b[0] ^ 0x10]).unwrap();
+    drop(f);
+
+    // Streamed: every chunk but the last comes out, then the error; the
+    // bytes received are never the whole object.
+    let mut stream = s
+        .open_reader(&name)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_stream(4096);
+    let (mut got, mut err) = (0usize, None);
+    while let Some(c) = stream.next().await {
+        match c {
+            Ok(c) => got += c.len(),
+            Err(e) => err = Some(e),
+        }
+    }
+    assert!(got < bytes.len());
+    let err = err.expect("the corruption is reported");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+    // Dropped from the store (asynchronously), files and all; others untouched.
+    for _ in 0..100 {
+        if !s.contains(&name) && !file.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!s.contains(&name));
+    assert!(!file.exists());
+    assert!(get(&s, &other).await.is_some());
+    assert_consistent(&s);
+}
+
+#[tokio::test]
+async fn read_all_verifies_disk_objects_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(cfg(dir.path())).await.unwrap();
+    let name = nid();
+    put(&s, &name, &data(100 * KIB as usize, 17), 8192)
+        .await
+        .unwrap();
+    let file = data_files(dir.path())[0].clone();
+    let mut raw = std::fs::read(&file).unwrap();
+    raw[0] ^= 1;
+    std::fs::write(&file, raw).unwrap();
+    let e = s
+        .open_reader(&name)
+        .await
+        .unwrap()
+        .unwrap()
+        .read_all()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+}
+
 fn persist_cfg(dir: &Path) -> StorageConfig {
     StorageConfig {
         persist: true,
