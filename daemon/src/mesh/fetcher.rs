@@ -59,6 +59,8 @@ pub struct FetchConfig {
     /// Longest time without a byte arriving while an object streams in;
     /// then the transfer fails with [`MeshError::TimedOut`].
     pub idle_timeout: Duration,
+    /// Slowest rate a transfer may keep for long (see [`transfer::RateFloor`]).
+    pub floor: transfer::RateFloor,
     /// Total bytes of cached copies kept; least recently used beyond it are
     /// evicted.
     pub cache_cap: u64,
@@ -69,7 +71,8 @@ impl Default for FetchConfig {
         Self {
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(10),
-            cache_cap: 1 << 30,
+            floor: transfer::RateFloor::default(),
+            cache_cap: 4 << 30,
         }
     }
 }
@@ -274,6 +277,7 @@ impl Fetcher {
         Timeouts {
             header: self.inner.config.header_timeout,
             idle: self.inner.config.idle_timeout,
+            floor: self.inner.config.floor,
         }
     }
 

@@ -18,13 +18,15 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
+use proxymesh::membership::Gate;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt};
 
+use super::members::Dropper;
 use super::protocol::{
     read_request, read_response, write_request, write_response, FrameError, RemoteName, Request,
     Response,
@@ -53,27 +55,65 @@ impl Default for ServeConfig {
     }
 }
 
-/// Serve inbound fetch-protocol streams from `storage` with the default
-/// [`ServeConfig`], until `incoming` ends.
-pub async fn serve(incoming: libp2p_stream::IncomingStreams, storage: Arc<Storage>) {
-    serve_with(incoming, storage, ServeConfig::default()).await
+/// Serve inbound fetch-protocol streams from `storage` to the members of
+/// `gate` with the default [`ServeConfig`], until `incoming` ends.
+pub async fn serve(
+    incoming: libp2p_stream::IncomingStreams,
+    storage: Arc<Storage>,
+    gate: Arc<Gate>,
+    dropper: Dropper,
+) {
+    serve_with(incoming, storage, gate, dropper, ServeConfig::default()).await
 }
 
-/// [`serve`] with explicit limits.
+/// [`serve`] with explicit limits. A stream from a peer that has not proved
+/// membership is answered `Refused`, and the peer is handed to `dropper`.
+/// Requests are answered in tasks owned by this future: when it is dropped
+/// (the daemon stops), every transfer it serves stops too.
 pub async fn serve_with(
     mut incoming: libp2p_stream::IncomingStreams,
     storage: Arc<Storage>,
+    gate: Arc<Gate>,
+    dropper: Dropper,
     config: ServeConfig,
 ) {
-    while let Some((peer, stream)) = incoming.next().await {
+    let mut handlers = tokio::task::JoinSet::new();
+    loop {
+        let next = tokio::select! {
+            next = incoming.next() => next,
+            // Reap finished handlers so the set stays small.
+            Some(_) = handlers.join_next(), if !handlers.is_empty() => continue,
+        };
+        let Some((peer, mut stream)) = next else {
+            break;
+        };
+        if !gate.is_member(&peer, SystemTime::now()) {
+            let reason =
+                "not a member of this mesh: present a credential on the member protocol first";
+            tracing::warn!(%peer, "refused a fetch-protocol request: {reason}");
+            let dropper = dropper.clone();
+            handlers.spawn(async move {
+                let _ = tokio::time::timeout(config.request_timeout, async {
+                    let _ = read_request(&mut stream).await;
+                    let _ =
+                        send_answer(&mut stream, &Response::Refused(reason.into()), config).await;
+                    let _ = stream.close().await;
+                    super::members::linger(&mut stream).await;
+                })
+                .await;
+                let _ = dropper.send((peer, reason.into()));
+            });
+            continue;
+        }
         let storage = Arc::clone(&storage);
-        tokio::spawn(async move {
+        handlers.spawn(async move {
             if let Err(e) = handle(peer, stream, &storage, config).await {
                 tracing::debug!(%peer, error = %e, "fetch-protocol request failed");
             }
         });
     }
     tracing::debug!("no longer accepting fetch-protocol streams");
+    while handlers.join_next().await.is_some() {}
 }
 
 /// Answer one request on `stream` from `storage`. Public so other transports
@@ -346,6 +386,30 @@ pub struct Timeouts {
     pub header: Duration,
     /// Longest time without progress while bytes flow.
     pub idle: Duration,
+    /// The slowest a transfer may run for long.
+    pub floor: RateFloor,
+}
+
+/// The slowest rate a transfer may keep: over every `window` spent waiting
+/// for the peer, at least `bytes_per_sec` on average. A peer that sends a
+/// byte now and then never trips the idle timeout, but trips this. Only time
+/// spent waiting on the network counts, so a slow reader of the body (our
+/// own back-pressure) never fails a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateFloor {
+    /// Least average rate, bytes per second (0: no floor).
+    pub bytes_per_sec: u64,
+    /// Span the average is taken over.
+    pub window: Duration,
+}
+
+impl Default for RateFloor {
+    fn default() -> Self {
+        Self {
+            bytes_per_sec: 16 * 1024,
+            window: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The arriving bytes of a [`get`].
@@ -362,6 +426,10 @@ pub struct Body<S> {
     hasher: Option<blake3::Hasher>,
     verified: bool,
     idle: Duration,
+    floor: RateFloor,
+    /// Time spent waiting for the peer in the current rate window, and the
+    /// bytes received in it.
+    window: (Duration, u64),
     buf: BytesMut,
 }
 
@@ -410,8 +478,10 @@ impl<S: AsyncRead + Unpin> Body<S> {
             return Ok(None);
         }
         let want = CHUNK.min((self.len - self.received) as usize);
+        let waiting = Instant::now();
         let read =
             tokio::time::timeout(self.idle, read_into(&mut self.stream, &mut self.buf, want)).await;
+        let waited = waiting.elapsed();
         let n = match read {
             Err(_) => {
                 return Err(MeshError::TimedOut {
@@ -440,6 +510,9 @@ impl<S: AsyncRead + Unpin> Body<S> {
         };
         let chunk = self.buf.split().freeze();
         self.received += n as u64;
+        if let Some(e) = self.below_floor(n as u64, waited) {
+            return Err(e);
+        }
         if let Some(h) = &mut self.hasher {
             h.update(&chunk);
         }
@@ -449,6 +522,28 @@ impl<S: AsyncRead + Unpin> Body<S> {
             }
         }
         Ok(Some(chunk))
+    }
+
+    /// Count `n` new bytes into the rate window: the error if a whole
+    /// window passed below the floor.
+    fn below_floor(&mut self, n: u64, waited: Duration) -> Option<MeshError> {
+        let (wait, bytes) = &mut self.window;
+        *bytes += n;
+        *wait += waited;
+        if self.floor.bytes_per_sec == 0 || *wait < self.floor.window {
+            return None;
+        }
+        let rate = *bytes as f64 / wait.as_secs_f64();
+        if rate < self.floor.bytes_per_sec as f64 {
+            return Some(MeshError::TimedOut {
+                peer: self.peer,
+                id: Some(self.name.clone()),
+                phase: "transfer (slower than the rate floor)",
+                after: *wait,
+            });
+        }
+        self.window = (Duration::ZERO, 0);
+        None
     }
 
     /// Check the hash once the whole object arrived: the error, if any.
@@ -593,6 +688,8 @@ where
                 hasher: (o == 0 && l == size).then(blake3::Hasher::new),
                 verified: false,
                 idle: timeouts.idle,
+                floor: timeouts.floor,
+                window: (Duration::ZERO, 0),
                 buf: BytesMut::new(),
             })
         }

@@ -16,8 +16,9 @@ use tokio::task::JoinHandle;
 
 use super::*;
 use crate::mesh::protocol::{self, Response, PROTOCOL};
-use crate::mesh::transfer::{ServeConfig, CHUNK};
+use crate::mesh::transfer::{RateFloor, ServeConfig, CHUNK};
 use crate::storage::{Location, StorageConfig};
+use proxymesh::membership::{Authority, Gate, Policy};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -164,12 +165,18 @@ async fn storage(memory_cap: usize, inline_limit: usize) -> (Arc<Storage>, TempD
 struct Producer {
     node: Node,
     storage: Arc<Storage>,
+    /// Peers the server refused and asked to drop.
+    drops: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(PeerId, String)>>,
     _server: Task,
     _dir: TempDir,
 }
 
 impl Producer {
     async fn start(memory_cap: usize, inline_limit: usize) -> Producer {
+        Self::start_gated(memory_cap, inline_limit, Policy::Open).await
+    }
+
+    async fn start_gated(memory_cap: usize, inline_limit: usize, policy: Policy) -> Producer {
         let node = Node::start(None).await;
         let (storage, dir) = storage(memory_cap, inline_limit).await;
         let incoming = node.control.clone().accept(PROTOCOL).unwrap();
@@ -177,10 +184,18 @@ impl Producer {
             request_timeout: Duration::from_secs(2),
             stall_timeout: Duration::from_secs(5),
         };
-        let server = tokio::spawn(transfer::serve_with(incoming, storage.clone(), config));
+        let (dropper, drops) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn(transfer::serve_with(
+            incoming,
+            storage.clone(),
+            Arc::new(Gate::new(policy)),
+            dropper,
+            config,
+        ));
         Producer {
             node,
             storage,
+            drops: tokio::sync::Mutex::new(drops),
             _server: Task(server),
             _dir: dir,
         }
@@ -213,6 +228,7 @@ fn test_config() -> FetchConfig {
     FetchConfig {
         header_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_millis(700),
+        floor: RateFloor::default(),
         cache_cap: 256 * MIB as u64,
     }
 }
@@ -261,6 +277,7 @@ fn timeouts() -> Timeouts {
     Timeouts {
         header: Duration::from_secs(2),
         idle: Duration::from_millis(700),
+        floor: RateFloor::default(),
     }
 }
 
@@ -897,6 +914,110 @@ async fn stalled_producer_times_out_within_the_idle_timeout() {
         .unwrap_err();
     assert!(matches!(err, MeshError::TimedOut { .. }), "{err}");
     assert!(a.await.unwrap().is_err());
+}
+
+#[tokio::test]
+async fn dripping_producer_fails_on_the_rate_floor() {
+    // A byte every 100 ms never trips a 700 ms idle timeout; the floor
+    // (64 KiB/s averaged over 1.5 s of waiting) catches it.
+    let evil = Node::start(None).await;
+    let len = MIB;
+    let _server = adversary(&evil, move |mut s| async move {
+        let data = pattern(len, 9);
+        send_header(&mut s, len, &data).await;
+        for b in &data {
+            if s.write_all(std::slice::from_ref(b)).await.is_err() || s.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let config = FetchConfig {
+        floor: RateFloor {
+            bytes_per_sec: 64 * KIB as u64,
+            window: Duration::from_millis(1500),
+        },
+        ..test_config()
+    };
+    let consumer = Consumer::start(&evil, config).await;
+    let id = ObjectId::random();
+    let t = Instant::now();
+    let f = consumer
+        .fetcher
+        .get(evil.peer, RemoteName::Native(id), &[])
+        .await
+        .unwrap();
+    let (got, err) = expect_broken(f).await;
+    assert!(got > 0 && got < 1000, "got {got} bytes");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    assert!(err.to_string().contains("rate floor"), "{err}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "failed before a whole window: {:?}",
+        t.elapsed()
+    );
+    assert!(!consumer.cached(evil.peer, id));
+}
+
+#[tokio::test]
+async fn a_slow_reader_does_not_trip_the_rate_floor() {
+    // Our own back-pressure is not the peer's slowness: only time spent
+    // waiting for the network counts.
+    let producer = Producer::start(MIB, 64 * KIB).await;
+    let data = pattern(4 * MIB, 6);
+    let id = producer.put_native(&data).await;
+    let config = FetchConfig {
+        floor: RateFloor {
+            bytes_per_sec: 64 * MIB as u64,
+            window: Duration::from_millis(300),
+        },
+        ..test_config()
+    };
+    let consumer = Consumer::start(&producer.node, config).await;
+    let f = consumer
+        .fetcher
+        .get(producer.node.peer, RemoteName::Native(id), &[])
+        .await
+        .unwrap();
+    let Fetched::Streaming { mut body, .. } = f else {
+        panic!("expected a transfer")
+    };
+    let mut got = Vec::new();
+    while let Some(chunk) = body.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+        // Far slower than the floor, but it is us who are slow.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(got, data);
+}
+
+#[tokio::test]
+async fn non_members_are_refused_and_dropped() {
+    let authority = Authority::generate();
+    let producer =
+        Producer::start_gated(MIB, 64 * KIB, Policy::Meshes(vec![authority.mesh_id()])).await;
+    let id = producer.put_native(&pattern(1000, 3)).await;
+    let consumer = Consumer::start(&producer.node, test_config()).await;
+    let err = consumer
+        .fetcher
+        .get(producer.node.peer, RemoteName::Native(id), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MeshError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("not a member"), "{err}");
+    let (dropped, _) =
+        tokio::time::timeout(Duration::from_secs(10), producer.drops.lock().await.recv())
+            .await
+            .expect("the refused peer is handed over to be dropped")
+            .unwrap();
+    assert_eq!(dropped, consumer.node.peer);
+    // Exists and evict are refused the same way, and the object stays.
+    assert!(consumer
+        .fetcher
+        .evict(producer.node.peer, RemoteName::Native(id), &[])
+        .await
+        .is_err());
+    assert!(producer.storage.contains(&ObjectName::Native(id)));
 }
 
 #[tokio::test]
