@@ -5,7 +5,8 @@
 //! cargo run --release --example quickstart -- 1GiB    # and a 1 GiB object too
 //! ```
 //!
-//! Starts a relay and two site daemons, A and B (in this process, on free
+//! Creates a throw-away mesh authority, starts a relay serving that mesh and
+//! two site daemons it admitted, A and B (in this process, on free
 //! loopback ports, with throw-away data directories). The producer puts
 //! objects at site A through the SDK and wraps them in proxies, then hands
 //! the proxies — a few hundred bytes of JSON each — to a *separate consumer
@@ -17,11 +18,13 @@
 use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
+use proxymesh::membership::{Authority, Policy};
 use proxymesh::{DaemonConnector, Proxy, Store};
 use proxymesh_daemon::config::{parse_size, Config};
+use proxymesh_daemon::identity::Identity;
 use proxymesh_daemon::Daemon;
 use serde::{Deserialize, Serialize};
 
@@ -83,32 +86,45 @@ async fn main() -> anyhow::Result<()> {
         sizes.push(parse_size(&arg).map_err(anyhow::Error::msg)?);
     }
 
-    // 1. A relay and two site daemons. In production these are
-    //    `proxymesh-relay` on a public host and one `proxymeshd` per site.
+    // 1. A mesh authority, a relay serving its mesh, and two site daemons
+    //    it admitted. In production: `proxymesh mesh init` on the operator's
+    //    machine, `proxymesh-relay --mesh ID` on a public host, and one
+    //    `proxymeshd --credential ...` per site.
     let data = tempfile::tempdir()?;
+    let authority = Authority::init(&data.path().join("authority")).map_err(anyhow::Error::msg)?;
     let relay = proxymesh_relay::run(proxymesh_relay::RelayConfig::new(
         [127, 0, 0, 1].into(),
         0,
         data.path().join("relay.key"),
+        Policy::Meshes(vec![authority.mesh_id()]),
     ))
     .await?;
     let relays: Vec<String> = relay.addresses().iter().map(|a| a.to_string()).collect();
-    let site = |name: &str| Config {
-        data_dir: data.path().join(name),
-        api: "127.0.0.1:0".parse().expect("addr"),
-        relays: relays.clone(),
-        listen_host: [127, 0, 0, 1].into(),
-        listen_port: Some(0),
-        ..Config::default()
+    let site = |name: &str| -> anyhow::Result<Config> {
+        let data_dir = data.path().join(name);
+        // What `proxymeshd --print-peer-id` prints, admitted for a day.
+        let peer = Identity::load_or_create(&data_dir)?.peer_id();
+        let now = SystemTime::now();
+        let credential = authority.admit(peer, now, now + Duration::from_secs(86_400));
+        Ok(Config {
+            data_dir,
+            api: "127.0.0.1:0".parse().expect("addr"),
+            relays: relays.clone(),
+            listen_host: [127, 0, 0, 1].into(),
+            listen_port: Some(0),
+            credential: Some(credential.to_string()),
+            ..Config::default()
+        })
     };
-    let site_a = Daemon::start(site("site-a")).await?;
-    let site_b = Daemon::start(site("site-b")).await?;
+    let site_a = Daemon::start(site("site-a")?).await?;
+    let site_b = Daemon::start(site("site-b")?).await?;
     for d in [&site_a, &site_b] {
         wait_reserved(d).await?;
     }
     let api = site_a.api_addr().to_string();
     let api_b = site_b.api_addr().to_string();
     println!("proxymesh quickstart");
+    println!("  mesh      {}", authority.mesh_id());
     println!("  relay     {}", relays[0]);
     println!("  site A    daemon {} at http://{api}", site_a.peer_id());
     println!("  site B    daemon {} at http://{api_b}", site_b.peer_id());
@@ -201,7 +217,7 @@ async fn wait_reserved(d: &Daemon) -> anyhow::Result<()> {
         if mesh.status().relays.iter().any(|r| r.reserved) {
             return Ok(());
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("daemon {} got no relay reservation", d.peer_id())
 }

@@ -4,7 +4,8 @@
 //! `tests/` (system tests that run real `proxymeshd` processes against the
 //! SDK). This library is their shared harness: find the built binaries, start
 //! a daemon process on a free port with a private data directory, read its
-//! peak memory, stop it.
+//! peak memory, stop it; a throw-away mesh authority ([`TestMesh`]) whose
+//! relays and daemons admit only the members it issued credentials to.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -113,6 +114,12 @@ impl DaemonProcess {
             child: Some(child),
             _tmp: None,
         }
+    }
+
+    /// Remove `dir` (its data directory) when this daemon is dropped.
+    pub fn keep_dir(mut self, dir: tempfile::TempDir) -> Self {
+        self._tmp = Some(dir);
+        self
     }
 
     /// `http://ADDR`.
@@ -327,6 +334,55 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A throw-away mesh: an authority in a temporary directory, which admits
+/// the daemons of a test.
+#[derive(Debug)]
+pub struct TestMesh {
+    /// The authority.
+    pub authority: proxymesh::membership::Authority,
+    /// Its directory (for `proxymesh mesh …` and revocations).
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Default for TestMesh {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestMesh {
+    /// A new authority.
+    pub fn new() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("authority");
+        let authority = proxymesh::membership::Authority::init(&dir).expect("mesh init");
+        Self {
+            authority,
+            dir,
+            _tmp: tmp,
+        }
+    }
+
+    /// The mesh ID.
+    pub fn id(&self) -> String {
+        self.authority.mesh_id().to_string()
+    }
+
+    /// A credential for the daemon whose data directory is `data_dir`
+    /// (its identity is created there if needed), valid for a day.
+    pub fn admit_dir(&self, data_dir: &Path) -> String {
+        let id = proxymesh_daemon::identity::Identity::load_or_create(data_dir).expect("identity");
+        self.admit(id.peer_id(), Duration::from_secs(86_400))
+    }
+
+    /// A credential for `peer`, valid for `lifetime`.
+    pub fn admit(&self, peer: libp2p_identity::PeerId, lifetime: Duration) -> String {
+        let now = std::time::SystemTime::now();
+        self.authority.admit(peer, now, now + lifetime).to_string()
+    }
+}
+
 /// A `proxymesh-relay` child process, killed when dropped.
 #[derive(Debug)]
 pub struct RelayProcess {
@@ -335,7 +391,11 @@ pub struct RelayProcess {
     pub addrs: Vec<String>,
     /// The port it listens on (QUIC and TCP).
     pub port: u16,
+    /// The mesh it serves (unless started with `--open-mesh` or `--mesh`).
+    pub mesh: Option<TestMesh>,
     identity: PathBuf,
+    /// Flags it was started with (kept for restarts).
+    flags: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -351,7 +411,8 @@ pub fn free_port() -> u16 {
 }
 
 impl RelayProcess {
-    /// Start a relay on 127.0.0.1 with a fresh identity on a free port.
+    /// Start a relay on 127.0.0.1 with a fresh identity on a free port,
+    /// serving a new [`TestMesh`] unless `extra` names a mesh policy.
     pub fn start(extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let identity = tmp.path().join("relay.key");
@@ -374,14 +435,56 @@ impl RelayProcess {
     /// Start `cmd` (a `proxymesh-relay` command line, e.g. wrapped in `ip
     /// netns exec`) on `host`:`port` with `identity`; wait for its addresses.
     pub fn start_cmd(cmd: Command, host: &str, identity: &Path, port: u16, extra: &[&str]) -> Self {
-        let (child, addrs) = Self::spawn(cmd, host, identity, port, extra);
+        let mut flags: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mesh =
+            (!extra.iter().any(|f| *f == "--open-mesh" || *f == "--mesh")).then(TestMesh::new);
+        if let Some(m) = &mesh {
+            // `proxymesh mesh revoke` (or `Authority::revoke`) writes this file.
+            let revocations = m.dir.join("revocations").display().to_string();
+            flags.extend([
+                "--mesh".to_string(),
+                m.id(),
+                "--revocations".into(),
+                revocations,
+            ]);
+        }
+        let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let (child, addrs) = Self::spawn(cmd, host, identity, port, &args);
         Self {
             child: Some(child),
             addrs,
             port,
+            mesh,
             identity: identity.to_path_buf(),
+            flags,
             _tmp: None,
         }
+    }
+
+    /// A credential of this relay's mesh for the daemon with `data_dir`
+    /// (none for an open-mesh relay).
+    pub fn credential_for(&self, data_dir: &Path) -> Option<String> {
+        self.mesh.as_ref().map(|m| m.admit_dir(data_dir))
+    }
+
+    /// Flags joining the daemon with `data_dir` to this relay: relay
+    /// addresses, a credential of its mesh (or `--open-mesh`), loopback ports.
+    pub fn member_flags(&self, data_dir: &Path) -> Vec<String> {
+        let mut flags = self.daemon_flags();
+        match self.credential_for(data_dir) {
+            Some(c) => flags.extend(["--credential".into(), c]),
+            None => flags.push("--open-mesh".into()),
+        }
+        flags
+    }
+
+    /// Start a member daemon of this relay's mesh (fresh data directory) with `extra` flags.
+    pub fn start_daemon(&self, extra: &[&str]) -> DaemonProcess {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut flags = self.member_flags(tmp.path());
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        DaemonProcess::start_in(tmp.path(), &flags).keep_dir(tmp)
     }
 
     fn spawn(
@@ -447,7 +550,8 @@ impl RelayProcess {
             .expect("tcp address")
     }
 
-    /// Flags joining a daemon to this relay (both transports), on loopback.
+    /// Flags joining a daemon to this relay (both transports), on loopback;
+    /// without a credential (see [`RelayProcess::member_flags`]).
     pub fn daemon_flags(&self) -> Vec<String> {
         vec![
             "--relay".into(),
@@ -472,12 +576,13 @@ impl RelayProcess {
     /// Start it again with the same identity and port.
     pub fn restart(&mut self) {
         self.kill();
+        let args: Vec<&str> = self.flags.iter().map(String::as_str).collect();
         let (child, addrs) = Self::spawn(
             Command::new(bin_path("proxymesh-relay")),
             "127.0.0.1",
             &self.identity,
             self.port,
-            &[],
+            &args,
         );
         self.child = Some(child);
         self.addrs = addrs;

@@ -15,10 +15,7 @@ use proxymesh_suite::{http, wait_until, DaemonProcess, RawResponse, RelayProcess
 const OCTET: (&str, &str) = ("content-type", "application/octet-stream");
 
 fn mesh_daemon(relay: &RelayProcess, extra: &[&str]) -> DaemonProcess {
-    let mut flags = relay.daemon_flags();
-    flags.extend(extra.iter().map(|s| s.to_string()));
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let d = DaemonProcess::start(&flags);
+    let d = relay.start_daemon(extra);
     // Ready for the mesh once its reservation is held (it is in its keys then).
     wait_until(Duration::from_secs(30), || reserved(&d).then_some(()))
         .unwrap_or_else(|| panic!("daemon never got a relay reservation: {}", status(&d)));

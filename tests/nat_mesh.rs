@@ -49,6 +49,10 @@ fn run_scenario(a: Nat, b: Nat) -> Option<Outcome> {
         for addr in [relay.quic(), relay.tcp()] {
             cmd.args(["--relay", addr]);
         }
+        let credential = relay
+            .credential_for(&dir)
+            .expect("the relay serves a test mesh");
+        cmd.args(["--credential", &credential]);
         DaemonProcess::spawn(cmd, &[], &dir)
     };
     let site_a = start(Host::A, "a");

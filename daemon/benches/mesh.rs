@@ -149,7 +149,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 /// The relay, on its own thread and runtime in this process (after the hole
 /// punch it carries no data). Returns its addresses.
-fn start_relay(identity: std::path::PathBuf) -> Vec<libp2p::Multiaddr> {
+fn start_relay(
+    identity: std::path::PathBuf,
+    mesh: proxymesh::membership::MeshId,
+) -> Vec<libp2p::Multiaddr> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -161,6 +164,7 @@ fn start_relay(identity: std::path::PathBuf) -> Vec<libp2p::Multiaddr> {
                 [127, 0, 0, 1].into(),
                 0,
                 identity,
+                proxymesh::membership::Policy::Meshes(vec![mesh]),
             ))
             .await
             .unwrap();
@@ -171,8 +175,10 @@ fn start_relay(identity: std::path::PathBuf) -> Vec<libp2p::Multiaddr> {
     rx.recv().unwrap()
 }
 
-fn mesh_daemon(relay: &[libp2p::Multiaddr]) -> DaemonProcess {
-    let mut flags: Vec<String> = Vec::new();
+/// A daemon admitted to `mesh`, joined through `relay`.
+fn mesh_daemon(relay: &[libp2p::Multiaddr], mesh: &proxymesh_suite::TestMesh) -> DaemonProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags: Vec<String> = vec!["--credential".into(), mesh.admit_dir(dir.path())];
     for a in relay {
         flags.extend(["--relay".into(), a.to_string()]);
     }
@@ -182,7 +188,7 @@ fn mesh_daemon(relay: &[libp2p::Multiaddr]) -> DaemonProcess {
         flags.extend(extra.split_whitespace().map(String::from));
     }
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let d = DaemonProcess::start(&flags);
+    let d = DaemonProcess::start_in(dir.path(), &flags).keep_dir(dir);
     proxymesh_suite::wait_until(Duration::from_secs(30), || {
         let s = proxymesh_suite::http(&d.api, "GET", "/v1/status", &[], b"").json();
         s["mesh"]["relays"]
@@ -210,9 +216,10 @@ fn main() {
 
 async fn bench(quick: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let relay = start_relay(dir.path().join("relay.key"));
-    let a = mesh_daemon(&relay);
-    let b = mesh_daemon(&relay);
+    let mesh = proxymesh_suite::TestMesh::new();
+    let relay = start_relay(dir.path().join("relay.key"), mesh.authority.mesh_id());
+    let a = mesh_daemon(&relay, &mesh);
+    let b = mesh_daemon(&relay, &mesh);
     let at_a = DaemonConnector::new(&a.api).unwrap();
     let at_b = DaemonConnector::new(&b.api).unwrap();
     let quinn = QuinnBaseline::start().await;

@@ -13,6 +13,8 @@
 //! log = "info"
 //!
 //! # the mesh (enabled by `relays` or `listen_port`)
+//! credential = "pmc1..."        # from the mesh operator's `proxymesh mesh admit`
+//! # open_mesh = true            # labs only: no credentials, anyone may join
 //! relays = ["/ip4/203.0.113.7/udp/4001/quic-v1/p2p/12D3KooW...", "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooW..."]
 //! listen_port = 4002
 //! external_addresses = []
@@ -20,6 +22,7 @@
 //! hole_punch_timeout = 8.0
 //! idle_timeout = 10.0
 //! cache_cap = "4GiB"            # fetched copies of other sites' objects
+//! directory_refresh = 60.0      # ask the relays for members and revocations
 //! ```
 
 use std::net::SocketAddr;
@@ -76,6 +79,14 @@ pub struct Config {
     /// Bytes of fetched copies of other sites' objects kept.
     #[serde(with = "size")]
     pub cache_cap: u64,
+    /// This daemon's mesh credential (`pmc1…`, from `proxymesh mesh admit`),
+    /// or the path of a file holding it. Required to join a mesh.
+    pub credential: Option<String>,
+    /// Join an open mesh: no credentials, every peer is served. Labs only.
+    pub open_mesh: bool,
+    /// Seconds between asking the relays for the members and the newest
+    /// revocation list.
+    pub directory_refresh: f64,
 }
 
 impl Default for Config {
@@ -96,7 +107,12 @@ impl Default for Config {
             connect_timeout: 20.0,
             hole_punch_timeout: 8.0,
             idle_timeout: 10.0,
-            cache_cap: 4 << 30,
+            cache_cap: crate::mesh::fetcher::FetchConfig::default().cache_cap,
+            credential: None,
+            open_mesh: false,
+            directory_refresh: crate::mesh::MeshConfig::default()
+                .directory_refresh
+                .as_secs_f64(),
         }
     }
 }
@@ -141,6 +157,7 @@ impl Config {
             ("connect_timeout", self.connect_timeout),
             ("hole_punch_timeout", self.hole_punch_timeout),
             ("idle_timeout", self.idle_timeout),
+            ("directory_refresh", self.directory_refresh),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 bail!("{name} must be a positive number of seconds (got {v})");
@@ -172,13 +189,31 @@ impl Config {
             .iter()
             .map(|a| parse("external address", a))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let credential = match (&self.credential, self.open_mesh) {
+            (Some(_), true) => bail!("credential and open_mesh exclude each other: a credential joins a closed mesh"),
+            (Some(c), false) => Some(read_credential(c)?),
+            (None, true) => None,
+            (None, false) => bail!(
+                "this daemon joins a mesh (relays or a listen port are set) but has no credential.\n\
+                 Ask the mesh's operator to admit it:\n\
+                 \x20 1. here:     proxymeshd --print-peer-id --data-dir {}\n\
+                 \x20 2. operator: proxymesh mesh admit MESH_DIR <that peer id>\n\
+                 \x20 3. here:     proxymeshd --credential <the pmc1... it printed> ...\n\
+                 For a lab where anyone may join, pass --open-mesh instead.",
+                self.data_dir.display()
+            ),
+        };
         Ok(Some(crate::mesh::MeshConfig {
+            credential,
             relays,
             listen_host: self.listen_host,
-            listen_port: self.listen_port.unwrap_or(4002),
+            listen_port: self
+                .listen_port
+                .unwrap_or(crate::mesh::MeshConfig::default().listen_port),
             external_addrs,
             connect_timeout: Duration::from_secs_f64(self.connect_timeout),
             hole_punch_timeout: Duration::from_secs_f64(self.hole_punch_timeout),
+            directory_refresh: Duration::from_secs_f64(self.directory_refresh),
             fetch: crate::mesh::fetcher::FetchConfig {
                 idle_timeout: Duration::from_secs_f64(self.idle_timeout),
                 cache_cap: self.cache_cap,
@@ -197,6 +232,20 @@ impl Config {
             persist: self.persist,
         }
     }
+}
+
+/// A credential given inline (`pmc1…`) or as the path of a file holding one.
+fn read_credential(value: &str) -> anyhow::Result<proxymesh::membership::Credential> {
+    let value = value.trim();
+    let text = if value.starts_with(proxymesh::membership::CREDENTIAL_PREFIX) {
+        value.to_string()
+    } else {
+        std::fs::read_to_string(value).with_context(|| {
+            format!("credential {value:?} is neither a pmc1... string nor a readable file")
+        })?
+    };
+    text.parse()
+        .with_context(|| format!("invalid credential {:?}", text.trim()))
 }
 
 pub use proxymesh::units::parse_size;
@@ -283,6 +332,7 @@ mod tests {
         assert!(Config::default().mesh().unwrap().is_none());
         let cfg = Config {
             listen_port: Some(0),
+            open_mesh: true,
             ..Config::default()
         };
         assert_eq!(cfg.mesh().unwrap().unwrap().listen_port, 0);
@@ -290,14 +340,59 @@ mod tests {
             "/ip4/10.0.0.1/udp/4001/quic-v1/p2p/{}",
             libp2p::PeerId::random()
         );
-        let cfg = Config::from_toml(&format!("relays = [\"{relay}\"]\nhole_punch_timeout = 2.5"))
-            .unwrap();
+        let cfg = Config::from_toml(&format!(
+            "relays = [\"{relay}\"]\nhole_punch_timeout = 2.5\nopen_mesh = true"
+        ))
+        .unwrap();
         let mesh = cfg.mesh().unwrap().unwrap();
         assert_eq!(mesh.relays.len(), 1);
         assert_eq!(
             mesh.hole_punch_timeout,
             std::time::Duration::from_millis(2500)
         );
+    }
+
+    #[test]
+    fn a_mesh_needs_a_credential_unless_open() {
+        use proxymesh::membership::Authority;
+        let relay = format!(
+            "/ip4/10.0.0.1/udp/4001/quic-v1/p2p/{}",
+            libp2p::PeerId::random()
+        );
+        let err = Config::from_toml(&format!("relays = [\"{relay}\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no credential")
+                && err.contains("mesh admit")
+                && err.contains("--open-mesh"),
+            "{err}"
+        );
+        let now = std::time::SystemTime::now();
+        let cred = Authority::generate().admit(
+            libp2p::PeerId::random(),
+            now,
+            now + std::time::Duration::from_secs(60),
+        );
+        let cfg =
+            Config::from_toml(&format!("relays = [\"{relay}\"]\ncredential = \"{cred}\"")).unwrap();
+        assert_eq!(cfg.mesh().unwrap().unwrap().credential, Some(cred.clone()));
+        // From a file too; a damaged one is an error that names it.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cred");
+        std::fs::write(&file, format!("{cred}\n")).unwrap();
+        let cfg = Config {
+            credential: Some(file.display().to_string()),
+            listen_port: Some(0),
+            ..Config::default()
+        };
+        assert_eq!(cfg.mesh().unwrap().unwrap().credential, Some(cred.clone()));
+        let bad = format!("{}x", cred.to_string().trim_end_matches(|c: char| c != 'a'));
+        assert!(Config::from_toml(&format!("listen_port = 1\ncredential = \"{bad}\"")).is_err());
+        assert!(Config::from_toml(&format!(
+            "listen_port = 1\ncredential = \"{cred}\"\nopen_mesh = true"
+        ))
+        .is_err());
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The daemon's persistent identity, kept in its data directory:
 //! an Ed25519 libp2p keypair (`identity.key`, owner-only permissions), whose
-//! peer ID names this site in keys and tickets, and a UUID (`endpoint.uuid`)
-//! by which ProxyStore clients address it. Both survive restarts; a damaged
-//! file is an error, never silently replaced (that would orphan every ticket).
+//! peer ID names this site in keys and tickets. The ProxyStore endpoint UUID
+//! by which ProxyStore clients address it is derived from the peer ID
+//! ([`proxymesh::membership::endpoint_uuid`]), so no other daemon can claim
+//! it. The key survives restarts; a damaged file is an error, never silently
+//! replaced (that would orphan every ticket). The data directory is made
+//! private to the daemon's user (0700).
 //!
 //! Also the data directory lock, so two daemons never share one directory.
 
@@ -15,7 +18,7 @@ use libp2p_identity::{Keypair, PeerId};
 use uuid::Uuid;
 
 const KEY_FILE: &str = "identity.key";
-const UUID_FILE: &str = "endpoint.uuid";
+const LEGACY_UUID_FILE: &str = "endpoint.uuid";
 const LOCK_FILE: &str = "proxymeshd.lock";
 
 /// The daemon's identity.
@@ -35,24 +38,30 @@ impl Identity {
 
     /// Load the identity from `dir`, creating missing parts.
     pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        private_dir(dir)?;
         let keypair =
             proxymesh::keyfile::load_or_create(&dir.join(KEY_FILE)).map_err(anyhow::Error::msg)?;
-        let uuid_path = dir.join(UUID_FILE);
-        let uuid = if uuid_path.exists() {
-            let text = fs::read_to_string(&uuid_path)
-                .with_context(|| format!("cannot read {}", uuid_path.display()))?;
-            Uuid::parse_str(text.trim())
-                .with_context(|| format!("endpoint UUID file {} is damaged", uuid_path.display()))?
-        } else {
-            let u = Uuid::new_v4();
-            proxymesh::keyfile::write_atomic(&uuid_path, format!("{u}\n").as_bytes(), 0o644)
-                .map_err(anyhow::Error::msg)?;
-            u
-        };
+        let uuid = proxymesh::membership::endpoint_uuid(&keypair.public().to_peer_id());
+        // Before endpoint UUIDs were derived, they were random and kept here.
+        let old = dir.join(LEGACY_UUID_FILE);
+        if let Ok(text) = fs::read_to_string(&old) {
+            if text.trim() != uuid.to_string() {
+                tracing::warn!(old = %text.trim(), new = %uuid, "the ProxyStore endpoint UUID is now derived from the peer ID; ProxyStore keys naming the old UUID no longer resolve here");
+            }
+            let _ = fs::remove_file(&old);
+        }
         Ok(Self { keypair, uuid })
     }
+}
+
+/// Create `dir` if needed and make it private to this user (0700): it holds
+/// the identity key and every object.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make data directory {} private", dir.display()))
 }
 
 /// An exclusive lock on a data directory, held for the daemon's lifetime.
@@ -96,13 +105,12 @@ mod tests {
         let b = Identity::load_or_create(dir.path()).unwrap();
         assert_eq!(a.peer_id(), b.peer_id());
         assert_eq!(a.uuid, b.uuid);
-        let mode = fs::metadata(dir.path().join(KEY_FILE))
-            .unwrap()
-            .permissions();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-            0o600
-        );
+        assert_eq!(a.uuid, proxymesh::membership::endpoint_uuid(&a.peer_id()));
+        let mode = |p: &Path| {
+            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(p).unwrap().permissions()) & 0o777
+        };
+        assert_eq!(mode(&dir.path().join(KEY_FILE)), 0o600);
+        assert_eq!(mode(dir.path()), 0o700, "the data directory is private");
     }
 
     #[test]

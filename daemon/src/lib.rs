@@ -79,13 +79,7 @@ impl Daemon {
             })?);
         let mesh = match config.mesh()? {
             Some(mesh_config) => Some(
-                mesh::Mesh::start(
-                    identity.keypair.clone(),
-                    identity.uuid.to_string(),
-                    storage.clone(),
-                    mesh_config,
-                )
-                .await?,
+                mesh::Mesh::start(identity.keypair.clone(), storage.clone(), mesh_config).await?,
             ),
             None => None,
         };

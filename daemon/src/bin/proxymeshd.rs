@@ -86,6 +86,22 @@ struct Args {
     /// Worker threads of the async runtime (1 = single-threaded) [default: number of cores].
     #[arg(long, env = "PROXYMESHD_THREADS", value_name = "N")]
     threads: Option<usize>,
+    /// This daemon's mesh credential (pmc1..., from the mesh operator's
+    /// `proxymesh mesh admit`), or a file holding it. Required to join a mesh.
+    #[arg(long, env = "PROXYMESHD_CREDENTIAL", value_name = "CRED|FILE")]
+    credential: Option<String>,
+    /// Join an open mesh without credentials: every peer that connects is
+    /// served. For labs only.
+    #[arg(long, env = "PROXYMESHD_OPEN_MESH", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    open_mesh: Option<bool>,
+    /// Seconds between asking the relays for the members and the newest
+    /// revocation list (revocations reach this daemon within it) [default: 60].
+    #[arg(long, env = "PROXYMESHD_DIRECTORY_REFRESH", value_name = "SECS")]
+    directory_refresh: Option<f64>,
+    /// Create the identity in the data directory if needed, print its peer ID
+    /// (what the mesh operator admits) and exit.
+    #[arg(long)]
+    print_peer_id: bool,
 }
 
 impl Args {
@@ -145,13 +161,32 @@ impl Args {
         if let Some(v) = self.cache_cap {
             cfg.cache_cap = v;
         }
+        if let Some(v) = self.credential {
+            cfg.credential = Some(v);
+        }
+        if let Some(v) = self.open_mesh {
+            cfg.open_mesh = v;
+        }
+        if let Some(v) = self.directory_refresh {
+            cfg.directory_refresh = v;
+        }
+        if self.print_peer_id {
+            return Ok((cfg, None));
+        }
         cfg.validate()?;
         Ok((cfg, self.threads))
     }
 }
 
 fn main() -> ExitCode {
+    // Everything the daemon writes (identity, objects, spill files) is its
+    // user's alone.
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     let args = Args::parse();
+    if args.print_peer_id {
+        return print_peer_id(args);
+    }
     let (config, threads) = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -192,6 +227,26 @@ fn main() -> ExitCode {
     }
 }
 
+fn print_peer_id(args: Args) -> ExitCode {
+    let config = match args.into_config() {
+        Ok((c, _)) => c,
+        Err(e) => {
+            eprintln!("proxymeshd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match proxymesh_daemon::identity::Identity::load_or_create(&config.data_dir) {
+        Ok(id) => {
+            println!("{}", id.peer_id());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("proxymeshd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let persist = config.persist;
     let data_dir = config.data_dir.clone();
@@ -200,6 +255,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("proxymeshd {}", env!("CARGO_PKG_VERSION"));
     println!("peer id:  {}", daemon.peer_id());
     println!("endpoint: {}", daemon.uuid());
+    if let Some(mesh) = daemon.mesh() {
+        let status = mesh.status();
+        match status.mesh_id {
+            Some(id) => println!("mesh id:  {id}"),
+            None => println!("mesh id:  OPEN (no credentials; every peer is served)"),
+        }
+    }
     println!("api:      http://{}", daemon.api_addr());
     if let Some(mesh) = daemon.mesh() {
         for a in mesh.status().listen_addrs {

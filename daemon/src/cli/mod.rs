@@ -1,5 +1,6 @@
 //! The `proxymesh` client command line: put, get, exists, evict and status
-//! against the local daemon, through the SDK's [`DaemonConnector`].
+//! against the local daemon, through the SDK's [`DaemonConnector`]; and the
+//! mesh operator's `mesh` commands ([`mesh`]), which need no daemon.
 //!
 //! Exit codes: 0 success; 1 `exists` found nothing or `get` found no object;
 //! 2 bad usage or input; 3 the daemon refused or could not be reached.
@@ -14,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use proxymesh::{ByteStream, Connector, DaemonConnector, Key};
 use tokio::io::AsyncWriteExt;
 
+pub mod mesh;
 mod progress;
 
 use progress::Progress;
@@ -71,6 +73,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a mesh: create its authority, admit and revoke sites.
+    #[command(subcommand)]
+    Mesh(mesh::MeshCommand),
 }
 
 /// Transfers larger than this show a progress bar (on a terminal).
@@ -100,7 +105,7 @@ pub struct CliError {
 }
 
 impl CliError {
-    fn usage(m: impl Into<String>) -> Self {
+    pub(crate) fn usage(m: impl Into<String>) -> Self {
         Self {
             message: m.into(),
             code: 2,
@@ -137,12 +142,17 @@ fn parse_ticket(t: &str) -> Result<Key, CliError> {
 
 /// Run one command.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let command = match cli.command {
+        Command::Mesh(cmd) => return mesh::run(cmd),
+        other => other,
+    };
     let conn = match &cli.api {
         Some(a) => DaemonConnector::new(a)?,
         None => DaemonConnector::from_env()?,
     };
     let show_progress = !cli.quiet && std::io::stderr().is_terminal();
-    match cli.command {
+    match command {
+        Command::Mesh(_) => unreachable!("handled above"),
         Command::Put { file, json } => {
             let started = Instant::now();
             let (stream, len): (ByteStream, Option<u64>) = if file.as_os_str() == "-" {
@@ -317,6 +327,19 @@ async fn write_output(
 
 fn print_mesh(m: &proxymesh::api::MeshStatus) {
     println!("mesh:");
+    match (&m.mesh_id, m.open_mesh) {
+        (_, true) => {
+            println!("  mesh      OPEN (no credentials; every peer is served — labs only)")
+        }
+        (Some(id), false) => {
+            let expires = m
+                .credential_expires
+                .map(|t| format!(" (credential expires at unix {t})"))
+                .unwrap_or_default();
+            println!("  mesh      {id}{expires}");
+        }
+        (None, false) => {}
+    }
     for a in &m.listen_addrs {
         println!("  listen    {a}");
     }
@@ -324,10 +347,10 @@ fn print_mesh(m: &proxymesh::api::MeshStatus) {
         println!("  external  {a}");
     }
     for r in &m.relays {
-        let state = if r.reserved {
-            "reserved"
-        } else {
-            "no reservation (retrying)"
+        let state = match (r.joined, r.reserved) {
+            (_, true) => "member, reserved",
+            (true, false) => "member, no reservation (retrying)",
+            (false, _) => "not admitted yet (retrying)",
         };
         println!("  relay     {} [{state}]", r.addr);
     }

@@ -1,12 +1,12 @@
 //! The daemon's libp2p behaviour: relay client (reservations and relayed
 //! connections), DCUtR (hole punching), identify and AutoNAT (address
-//! discovery), ping (liveness), rendezvous client (discovery through the
-//! relays) and `libp2p-stream` (bulk streams of the fetch protocol).
+//! discovery), ping (liveness) and `libp2p-stream` (streams of the member
+//! protocol, which also carries discovery, and of the fetch protocol).
 
 use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{autonat, dcutr, identify, identity::Keypair, ping, relay, rendezvous};
+use libp2p::{autonat, dcutr, identify, identity::Keypair, ping, relay};
 
 /// identify protocol version string of proxymesh daemons.
 pub const IDENTIFY_PROTOCOL: &str = "/proxymesh/id/1";
@@ -24,9 +24,7 @@ pub struct Behaviour {
     pub autonat: autonat::Behaviour,
     /// Liveness.
     pub ping: ping::Behaviour,
-    /// Discovery through the relays' rendezvous servers.
-    pub rendezvous: rendezvous::client::Behaviour,
-    /// Bulk streams.
+    /// Member-protocol and bulk streams.
     pub stream: libp2p_stream::Behaviour,
 }
 
@@ -51,7 +49,6 @@ impl Behaviour {
                 },
             ),
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
-            rendezvous: rendezvous::client::Behaviour::new(keypair.clone()),
             stream: libp2p_stream::Behaviour::new(),
         }
     }

@@ -1,27 +1,30 @@
 //! The mesh: this daemon as a libp2p node. It listens on QUIC and TCP on
-//! fixed ports, keeps reservations with one or more relays, finds other
-//! daemons through the relays' discovery, upgrades relayed connections to
-//! direct ones (DCUtR hole punching) and serves and fetches objects over
-//! bulk streams.
+//! fixed ports, proves its membership to the relays and keeps reservations
+//! there, finds the other members through the relays' directories, upgrades
+//! relayed connections to direct ones (DCUtR hole punching) and serves and
+//! fetches objects over bulk streams — to and from members of its mesh only.
 //!
-//! Control plane (connections, relays, discovery, paths): `behaviour`,
-//! `swarm`. Data plane (the fetch protocol, serving, fetching with
+//! Membership (who is served; credentials checked on the member protocol):
+//! `members`. Control plane (connections, relays, discovery, paths):
+//! `behaviour`, `swarm`. Data plane (the fetch protocol, serving, fetching with
 //! verification, caching and coalescing): `protocol`, `transfer`,
 //! `singleflight`, `fetcher`. They meet at [`StreamOpener`].
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{identity::Keypair, noise, tcp, yamux, Multiaddr, PeerId};
 use proxymesh::api::{self as local_api, Path, Transport};
+use proxymesh::membership::{Credential, Gate, Policy};
 use tokio::sync::mpsc;
 
 use crate::storage::Storage;
 
 pub mod behaviour;
 pub mod error;
+pub mod members;
 pub mod swarm;
 // Data plane.
 pub mod fetcher;
@@ -71,6 +74,8 @@ pub trait StreamOpener: Send + Sync + 'static {
 /// Mesh settings.
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
+    /// This daemon's credential; `None` joins an open mesh (anyone served).
+    pub credential: Option<Credential>,
     /// Relay addresses (each ending in `/p2p/<relay peer id>`); several
     /// addresses of one relay (QUIC and TCP) are tried in turn.
     pub relays: Vec<Multiaddr>,
@@ -86,6 +91,9 @@ pub struct MeshConfig {
     /// Longest wait for a hole-punched direct connection before a transfer
     /// settles for the relayed one.
     pub hole_punch_timeout: Duration,
+    /// How often the relays are asked again for the members and the
+    /// newest revocation list (revocations take effect within this).
+    pub directory_refresh: Duration,
     /// Fetching, verification and caching.
     pub fetch: fetcher::FetchConfig,
 }
@@ -93,12 +101,14 @@ pub struct MeshConfig {
 impl Default for MeshConfig {
     fn default() -> Self {
         Self {
+            credential: None,
             relays: Vec::new(),
             listen_host: IpAddr::from([0, 0, 0, 0]),
             listen_port: 4002,
             external_addrs: Vec::new(),
             connect_timeout: Duration::from_secs(20),
             hole_punch_timeout: Duration::from_secs(8),
+            directory_refresh: Duration::from_secs(60),
             fetch: fetcher::FetchConfig::default(),
         }
     }
@@ -109,6 +119,8 @@ impl Default for MeshConfig {
 #[derive(Clone)]
 pub struct Mesh {
     peer_id: PeerId,
+    credential: Option<Credential>,
+    gate: Arc<Gate>,
     shared: Arc<swarm::Shared>,
     commands: mpsc::UnboundedSender<swarm::Command>,
     fetcher: fetcher::Fetcher,
@@ -123,15 +135,40 @@ impl std::fmt::Debug for Mesh {
 }
 
 impl Mesh {
-    /// Start the mesh node: listen on the fixed ports, then reserve with the
-    /// relays, and serve the fetch protocol from `storage`.
+    /// Start the mesh node: listen on the fixed ports, then join the relays'
+    /// directories and reserve there, and serve the fetch protocol from
+    /// `storage` to members.
     pub async fn start(
         keypair: Keypair,
-        uuid: String,
         storage: Arc<Storage>,
         config: MeshConfig,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
+        let own = keypair.public().to_peer_id();
+        let gate = Arc::new(Gate::new(match &config.credential {
+            Some(c) => {
+                if c.peer() != own {
+                    anyhow::bail!(
+                        "the credential was issued for peer {}, but this daemon is {own} \
+                         (another data directory's identity?); ask the mesh operator to admit {own}",
+                        c.peer()
+                    );
+                }
+                c.check(own, std::slice::from_ref(c.mesh()), SystemTime::now())
+                    .map_err(|e| anyhow::anyhow!("this daemon's {e}"))?;
+                if let Ok(left) = c.expires().duration_since(SystemTime::now()) {
+                    if left < Duration::from_secs(7 * 86_400) {
+                        tracing::warn!(left = ?left, "this daemon's credential expires soon; ask the mesh operator for a new one");
+                    }
+                }
+                tracing::info!(mesh = %c.mesh(), "joining a closed mesh");
+                Policy::Meshes(vec![c.mesh().clone()])
+            }
+            None => {
+                tracing::warn!("OPEN MESH: no credential; every peer that connects is served and may fetch this daemon's objects. Use credentials outside labs (proxymesh mesh init / admit).");
+                Policy::Open
+            }
+        }));
         let slots = swarm::relay_slots(&config.relays).map_err(anyhow::Error::msg)?;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
@@ -197,23 +234,64 @@ impl Mesh {
             s.external_addrs = config.external_addrs.clone();
         });
         let control = swarm.behaviour().stream.new_control();
+        let (dropper, drops) = mpsc::unbounded_channel();
+        let me = members::Me {
+            peer: peer_id,
+            credential: config.credential.clone(),
+        };
+        let member_streams = control
+            .clone()
+            .accept(members::PROTOCOL)
+            .map_err(|e| anyhow::anyhow!("cannot serve the member protocol: {e}"))?;
+        let advertised = {
+            let shared = shared.clone();
+            move || shared.read(swarm::State::advertised)
+        };
+        tokio::spawn(members::serve(
+            member_streams,
+            gate.clone(),
+            me.clone(),
+            advertised,
+            dropper.clone(),
+        ));
         let incoming = control
             .clone()
             .accept(protocol::PROTOCOL)
             .map_err(|e| anyhow::anyhow!("cannot serve the fetch protocol: {e}"))?;
-        tokio::spawn(transfer::serve(incoming, storage.clone()));
+        tokio::spawn(transfer::serve(
+            incoming,
+            storage.clone(),
+            gate.clone(),
+            dropper.clone(),
+        ));
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(swarm::Driver::new(swarm, shared.clone(), rx, uuid).run());
+        let parts = swarm::DriverParts {
+            shared: shared.clone(),
+            commands: rx,
+            gate: gate.clone(),
+            me: me.clone(),
+            drops,
+            refresh_every: config.directory_refresh,
+            // The dialer proves membership after waiting for a hole punch.
+            prove_within: config.hole_punch_timeout
+                + config.connect_timeout
+                + members::HELLO_TIMEOUT,
+        };
+        tokio::spawn(swarm::Driver::new(swarm, parts).run());
         let opener = SwarmOpener {
             shared: shared.clone(),
             commands: tx.clone(),
             control,
+            gate: gate.clone(),
+            me,
             connect_timeout: config.connect_timeout,
             hole_punch_timeout: config.hole_punch_timeout,
         };
         let fetcher = fetcher::Fetcher::new(storage, Arc::new(opener), config.fetch.clone());
         Ok(Self {
             peer_id,
+            credential: config.credential,
+            gate,
             shared,
             commands: tx,
             fetcher,
@@ -236,31 +314,36 @@ impl Mesh {
         let _ = self.commands.send(swarm::Command::Discover);
         let mut status = self.shared.read(|s| s.status());
         status.transfers = self.fetcher.transfers();
+        status.open_mesh = self.gate.policy().is_open();
+        status.mesh_id = self.credential.as_ref().map(|c| c.mesh().to_string());
+        status.credential_expires = self.credential.as_ref().map(|c| {
+            c.expires()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
         status
     }
 
     /// Addresses to put in keys so any daemon of the mesh can dial this one:
     /// relay circuits held now, then other confirmed external addresses.
     pub fn advertised_addrs(&self) -> Vec<Multiaddr> {
-        self.shared.read(|s| {
-            let mut out: Vec<Multiaddr> =
-                s.relays.iter().filter_map(|r| r.circuit.clone()).collect();
-            for a in &s.external_addrs {
-                if !out.contains(a) {
-                    out.push(a.clone());
-                }
-            }
-            out
-        })
+        self.shared.read(swarm::State::advertised)
     }
 
-    /// The peer serving ProxyStore endpoint `uuid`, found through discovery
-    /// (asking the relays again once if it is not known yet).
+    /// Who this daemon serves.
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    /// The member serving ProxyStore endpoint `uuid`, found through the
+    /// relays' directories (asking them again if it is not known yet). A
+    /// UUID is derived from its daemon's peer ID, so no other member can
+    /// claim it.
     pub async fn find_endpoint(&self, uuid: &str) -> Option<(PeerId, Vec<Multiaddr>)> {
         let lookup = |s: &swarm::State| {
             s.discovered
                 .iter()
-                .find(|(_, d)| d.uuid.as_deref() == Some(uuid))
+                .find(|(_, d)| d.uuid == uuid)
                 .map(|(p, d)| (*p, d.addrs.clone()))
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -289,6 +372,8 @@ struct SwarmOpener {
     shared: Arc<swarm::Shared>,
     commands: mpsc::UnboundedSender<swarm::Command>,
     control: libp2p_stream::Control,
+    gate: Arc<Gate>,
+    me: members::Me,
     connect_timeout: Duration,
     hole_punch_timeout: Duration,
 }
@@ -333,6 +418,43 @@ impl SwarmOpener {
             let mut seen = std::collections::HashSet::new();
             out.retain(|a| seen.insert(a.clone()));
             out
+        })
+    }
+}
+
+impl SwarmOpener {
+    /// Present our credential to `peer` and admit it from its answer.
+    async fn prove_membership(&self, peer: PeerId) -> Result<(), MeshError> {
+        let mut control = self.control.clone();
+        let addrs = self.shared.read(swarm::State::advertised);
+        // A hello can be lost when the peer is flooded with them (its
+        // streams are handed over without a buffer): try once more.
+        let welcomed =
+            match members::hello(&mut control, peer, &self.me, addrs.clone(), &self.gate).await {
+                Err(e) if !matches!(e, MeshError::Refused { .. }) => {
+                    tracing::debug!(%peer, error = %e, "membership exchange failed; trying again");
+                    members::hello(&mut control, peer, &self.me, addrs, &self.gate).await?
+                }
+                other => other?,
+            };
+        if self.gate.is_member(&peer, SystemTime::now()) {
+            return Ok(());
+        }
+        let reason = welcomed
+            .rejected
+            .iter()
+            .find(|(p, _)| *p == peer)
+            .map_or_else(
+                || "it presented no credential".to_string(),
+                |(_, r)| r.clone(),
+            );
+        let _ = self.commands.send(swarm::Command::Drop {
+            peer,
+            reason: reason.clone(),
+        });
+        Err(MeshError::Refused {
+            peer,
+            reason: format!("not a member of our mesh: {reason}"),
         })
     }
 }
@@ -403,7 +525,11 @@ impl StreamOpener for SwarmOpener {
         if path == Path::Relayed {
             tracing::info!(%peer, "no direct connection; transferring over the relay");
         }
-        // 3. The stream.
+        // 3. Membership, both ways: it admits us, we admit it.
+        if !self.gate.is_member(&peer, SystemTime::now()) {
+            self.prove_membership(peer).await?;
+        }
+        // 4. The stream.
         let mut control = self.control.clone();
         let stream = tokio::time::timeout(
             self.connect_timeout,

@@ -2,9 +2,11 @@
 //! the rest of the daemon.
 //!
 //! It listens on QUIC and TCP on fixed ports (dials reuse them, which hole
-//! punching needs), keeps a reservation with every configured relay
-//! (re-reserving with backoff when a relay drops or restarts), registers with
-//! and discovers through the relays' rendezvous servers, and tracks every
+//! punching needs), joins every configured relay's mesh directory with its
+//! credential (the member protocol, see [`super::members`]) and then keeps a
+//! reservation there (re-joining and re-reserving with backoff when a relay
+//! drops or restarts), learns the other members from the relays' answers
+//! (each entry verified here), drops peers refused membership, and tracks every
 //! connection's path (direct or relayed) and transport. When a direct
 //! connection to a peer exists, its relayed connections are closed, so bulk
 //! streams — which `libp2p-stream` opens on any connection — run direct.
@@ -21,20 +23,19 @@ use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{autonat, dcutr, identify, relay, rendezvous, Multiaddr, PeerId, Swarm};
+use libp2p::{autonat, dcutr, identify, relay, Multiaddr, PeerId, Swarm};
 use proxymesh::api::{self, Path, Transport};
+use proxymesh::membership::Gate;
 use tokio::sync::{mpsc, Notify};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
+use super::members::{self, Me, Welcomed};
+use super::MeshError;
 
-/// Rendezvous namespace every daemon registers under.
-pub const NAMESPACE: &str = "proxymesh";
-/// Prefix of the per-daemon namespace carrying its ProxyStore endpoint UUID.
-pub const ENDPOINT_NAMESPACE_PREFIX: &str = "proxymesh-ep-";
-/// Registration lifetime at the rendezvous servers.
-const REGISTRATION_TTL: u64 = 300;
-/// How often registrations are renewed and discovery refreshed.
-const REFRESH_EVERY: Duration = Duration::from_secs(60);
+/// A discovered member no relay listed for this many refreshes is forgotten.
+const DISCOVERED_TTL_REFRESHES: u32 = 5;
+/// Most discovered members kept.
+pub const MAX_DISCOVERED: usize = proxymesh::membership::wire::MAX_MEMBERS;
 /// How long a relayed connection stays open once a direct one to the same
 /// peer is up. By then DCUtR's messages on the circuit are done on both
 /// sides; the peer may be a moment from its own direct connection, which its
@@ -56,8 +57,15 @@ pub enum Command {
         /// Candidate addresses.
         addrs: Vec<Multiaddr>,
     },
-    /// Ask every reserved relay's rendezvous server for the mesh's daemons now.
+    /// Ask every joined relay for the mesh's members now.
     Discover,
+    /// Disconnect a peer that is not a member of our mesh.
+    Drop {
+        /// The peer.
+        peer: PeerId,
+        /// Why, for the log.
+        reason: String,
+    },
     /// Stop the task (closing every connection).
     Shutdown,
 }
@@ -82,6 +90,10 @@ pub struct RelaySlot {
     pub addrs: Vec<Multiaddr>,
     next_addr: usize,
     listener: Option<ListenerId>,
+    /// Whether the relay admitted us to its directory on this connection.
+    pub joined: bool,
+    /// Whether a member-protocol exchange with it is under way.
+    joining: bool,
     /// Whether a reservation is held.
     pub reserved: bool,
     /// The circuit address others dial to reach this daemon through the relay.
@@ -96,13 +108,15 @@ impl RelaySlot {
     }
 }
 
-/// A daemon found through discovery.
-#[derive(Debug, Clone, Default)]
+/// A member found through the relays (its credential verified here).
+#[derive(Debug, Clone)]
 pub struct Discovered {
-    /// Registered addresses.
+    /// Addresses it announced.
     pub addrs: Vec<Multiaddr>,
-    /// Its ProxyStore endpoint UUID, if registered.
-    pub uuid: Option<String>,
+    /// Its ProxyStore endpoint UUID (derived from its peer ID).
+    pub uuid: String,
+    /// When a relay last listed it.
+    pub seen: Instant,
 }
 
 /// State the swarm task publishes.
@@ -120,7 +134,7 @@ pub struct State {
     pub external_addrs: Vec<Multiaddr>,
     /// Relays and reservations.
     pub relays: Vec<RelaySlot>,
-    /// Daemons found through discovery.
+    /// Members found through the relays.
     pub discovered: HashMap<PeerId, Discovered>,
 }
 
@@ -139,6 +153,22 @@ impl State {
         let conns = self.conns.get(peer);
         let has = |p: Path| conns.is_some_and(|c| c.values().any(|i| i.path == p));
         (has(Path::Direct), has(Path::Relayed))
+    }
+
+    /// Addresses to give out so any member can dial this daemon: relay
+    /// circuits held now, then other confirmed external addresses.
+    pub fn advertised(&self) -> Vec<Multiaddr> {
+        let mut out: Vec<Multiaddr> = self
+            .relays
+            .iter()
+            .filter_map(|r| r.circuit.clone())
+            .collect();
+        for a in &self.external_addrs {
+            if !out.contains(a) {
+                out.push(a.clone());
+            }
+        }
+        out
     }
 
     /// The best connection's path and transport: direct if there is one.
@@ -173,7 +203,7 @@ impl State {
             .iter()
             .map(|(p, d)| api::DiscoveredPeer {
                 peer_id: p.to_string(),
-                uuid: d.uuid.clone(),
+                uuid: Some(d.uuid.clone()),
                 addrs: d.addrs.iter().map(|a| a.to_string()).collect(),
             })
             .collect();
@@ -186,6 +216,7 @@ impl State {
                 .iter()
                 .map(|r| api::RelayStatus {
                     addr: r.current_addr().to_string(),
+                    joined: r.joined,
                     reserved: r.reserved,
                     circuit_addr: r.circuit.as_ref().map(|c| c.to_string()),
                 })
@@ -193,6 +224,9 @@ impl State {
             peers,
             discovered,
             transfers: 0,
+            mesh_id: None,
+            open_mesh: false,
+            credential_expires: None,
         }
     }
 }
@@ -291,6 +325,8 @@ pub fn relay_slots(addrs: &[Multiaddr]) -> Result<Vec<RelaySlot>, String> {
                 addrs: vec![a.clone()],
                 next_addr: 0,
                 listener: None,
+                joined: false,
+                joining: false,
                 reserved: false,
                 circuit: None,
                 next_attempt: Instant::now(),
@@ -301,38 +337,93 @@ pub fn relay_slots(addrs: &[Multiaddr]) -> Result<Vec<RelaySlot>, String> {
     Ok(slots)
 }
 
+/// Results of exchanges the swarm task started in tasks of their own.
+#[derive(Debug)]
+enum Internal {
+    /// A member-protocol exchange with a relay ended.
+    Joined {
+        relay: PeerId,
+        result: Result<Welcomed, MeshError>,
+    },
+}
+
 /// The swarm task.
 pub struct Driver {
     swarm: Swarm<Behaviour>,
     shared: Arc<Shared>,
     commands: mpsc::UnboundedReceiver<Command>,
-    uuid: String,
+    /// Who may be served; members are admitted here.
+    gate: Arc<Gate>,
+    /// What this daemon presents to relays.
+    me: Me,
+    /// Opens member-protocol streams.
+    control: libp2p_stream::Control,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal: mpsc::UnboundedReceiver<Internal>,
+    /// Peers refused membership (by the member or fetch server), to drop.
+    drops: mpsc::UnboundedReceiver<(PeerId, String)>,
+    refresh_every: Duration,
+    prove_within: Duration,
+    /// Connected peers to check for membership once `prove_within` passed.
+    unproven: Vec<(Instant, PeerId)>,
     relay_peers: HashSet<PeerId>,
-    cookies: HashMap<PeerId, rendezvous::Cookie>,
     last_discovery: Option<Instant>,
     /// Peers whose relayed connections close once the grace period ends.
     closing: Vec<(Instant, PeerId)>,
-    /// When to (re-)register with the relays: shortly after an address or
+    /// When to refresh our entry at the relays: shortly after an address or
     /// reservation change, once every behaviour has seen it.
     register_at: Option<Instant>,
 }
 
+/// What the swarm task needs besides the swarm.
+pub struct DriverParts {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Commands from the rest of the daemon.
+    pub commands: mpsc::UnboundedReceiver<Command>,
+    /// The membership gate.
+    pub gate: Arc<Gate>,
+    /// What this daemon presents.
+    pub me: Me,
+    /// Peers to drop.
+    pub drops: mpsc::UnboundedReceiver<(PeerId, String)>,
+    /// How often our entry at the relays (and our view of the members and
+    /// the revocation list) is refreshed.
+    pub refresh_every: Duration,
+    /// How long a connected peer (not a relay) has to prove its membership
+    /// before it is dropped.
+    pub prove_within: Duration,
+}
+
 impl Driver {
     /// A driver for `swarm`, publishing into `shared`.
-    pub fn new(
-        swarm: Swarm<Behaviour>,
-        shared: Arc<Shared>,
-        commands: mpsc::UnboundedReceiver<Command>,
-        uuid: String,
-    ) -> Self {
+    pub fn new(swarm: Swarm<Behaviour>, parts: DriverParts) -> Self {
+        let DriverParts {
+            shared,
+            commands,
+            gate,
+            me,
+            drops,
+            refresh_every,
+            prove_within,
+        } = parts;
         let relay_peers = shared.read(|s| s.relays.iter().map(|r| r.peer).collect());
+        let control = swarm.behaviour().stream.new_control();
+        let (internal_tx, internal) = mpsc::unbounded_channel();
         Self {
             swarm,
             shared,
             commands,
-            uuid,
+            gate,
+            me,
+            control,
+            internal_tx,
+            internal,
+            drops,
+            refresh_every,
+            prove_within,
+            unproven: Vec::new(),
             relay_peers,
-            cookies: HashMap::new(),
             last_discovery: None,
             closing: Vec::new(),
             register_at: None,
@@ -342,7 +433,7 @@ impl Driver {
     /// Run until [`Command::Shutdown`] or until every sender is gone.
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let mut refresh = tokio::time::interval(REFRESH_EVERY);
+        let mut refresh = tokio::time::interval(self.refresh_every);
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
@@ -350,15 +441,21 @@ impl Driver {
                     Some(cmd) => self.on_command(cmd),
                 },
                 event = self.swarm.select_next_some() => self.on_event(event),
+                Some(internal) = self.internal.recv() => self.on_internal(internal),
+                Some((peer, reason)) = self.drops.recv() => self.drop_peer(peer, &reason),
                 _ = tick.tick() => {
                     self.retry_reservations();
                     self.close_superseded();
+                    self.drop_unproven();
                     if self.register_at.is_some_and(|t| t <= Instant::now()) {
                         self.register_at = None;
-                        self.refresh_registrations();
+                        self.refresh_directory();
                     }
                 }
-                _ = refresh.tick() => self.refresh_rendezvous(),
+                _ = refresh.tick() => {
+                    self.refresh_directory();
+                    self.prune_discovered();
+                }
             }
         }
         tracing::debug!("mesh task stopped");
@@ -390,22 +487,50 @@ impl Driver {
                 }
             }
             Command::Discover => self.discover(),
+            Command::Drop { peer, reason } => self.drop_peer(peer, &reason),
             Command::Shutdown => {}
         }
     }
 
+    /// For every relay without a reservation whose backoff is over: connect,
+    /// then join its directory, then reserve.
     fn retry_reservations(&mut self) {
         let now = Instant::now();
         let due: Vec<usize> = self.shared.read(|s| {
             s.relays
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| r.listener.is_none() && r.next_attempt <= now)
+                .filter(|(_, r)| r.listener.is_none() && !r.joining && r.next_attempt <= now)
                 .map(|(i, _)| i)
                 .collect()
         });
         for i in due {
-            let addr = self.shared.read(|s| s.relays[i].current_addr().clone());
+            let (relay, addr, joined) = self.shared.read(|s| {
+                (
+                    s.relays[i].peer,
+                    s.relays[i].current_addr().clone(),
+                    s.relays[i].joined,
+                )
+            });
+            if !self.swarm.is_connected(&relay) {
+                let opts = DialOpts::peer_id(relay)
+                    .addresses(vec![addr.clone()])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                match self.swarm.dial(opts) {
+                    Ok(()) => tracing::debug!(relay = %addr, "dialing relay"),
+                    Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(relay = %addr, error = %e, "cannot dial relay");
+                        self.shared.write(|s| back_off(&mut s.relays[i]));
+                    }
+                }
+                continue;
+            }
+            if !joined {
+                self.join(i);
+                continue;
+            }
             let circuit = addr.clone().with(Protocol::P2pCircuit);
             match self.swarm.listen_on(circuit) {
                 Ok(id) => {
@@ -420,20 +545,126 @@ impl Driver {
         }
     }
 
-    fn register(&mut self, relay: PeerId) {
-        for ns in [
-            NAMESPACE.to_string(),
-            format!("{ENDPOINT_NAMESPACE_PREFIX}{}", self.uuid),
-        ] {
-            let ns = rendezvous::Namespace::new(ns).expect("namespace is short");
-            if let Err(e) =
-                self.swarm
-                    .behaviour_mut()
-                    .rendezvous
-                    .register(ns, relay, Some(REGISTRATION_TTL))
+    /// Drop connected peers that never proved membership in time.
+    fn drop_unproven(&mut self) {
+        let now = Instant::now();
+        if !self.unproven.iter().any(|(t, _)| *t <= now) {
+            return;
+        }
+        let (due, later): (Vec<_>, Vec<_>) = self.unproven.drain(..).partition(|(t, _)| *t <= now);
+        self.unproven = later;
+        for (_, peer) in due {
+            if self.swarm.is_connected(&peer)
+                && !self.gate.is_member(&peer, std::time::SystemTime::now())
             {
-                tracing::warn!(%relay, error = %e, "rendezvous registration failed");
+                let reason = format!(
+                    "did not prove membership within {:?} of connecting",
+                    self.prove_within
+                );
+                self.drop_peer(peer, &reason);
             }
+        }
+    }
+
+    fn drop_peer(&mut self, peer: PeerId, reason: &str) {
+        if self.relay_peers.contains(&peer) {
+            tracing::warn!(%peer, %reason, "a relay asked for something only members get; keeping the relay connection");
+            return;
+        }
+        tracing::warn!(%peer, %reason, "dropping peer");
+        self.gate.forget(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// Present our credential to relay slot `i` (in a task of its own).
+    fn join(&mut self, i: usize) {
+        let (relay, addrs) = self.shared.write(|s| {
+            s.relays[i].joining = true;
+            (s.relays[i].peer, s.advertised())
+        });
+        let (mut control, me, gate, tx) = (
+            self.control.clone(),
+            self.me.clone(),
+            self.gate.clone(),
+            self.internal_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let result = members::hello(&mut control, relay, &me, addrs, &gate).await;
+            let _ = tx.send(Internal::Joined { relay, result });
+        });
+    }
+
+    fn on_internal(&mut self, internal: Internal) {
+        let Internal::Joined { relay, result } = internal;
+        let Some(i) = self
+            .shared
+            .read(|s| s.relays.iter().position(|r| r.peer == relay))
+        else {
+            return;
+        };
+        match result {
+            Ok(welcomed) => {
+                let first = self.shared.write(|s| {
+                    let slot = &mut s.relays[i];
+                    slot.joining = false;
+                    !std::mem::replace(&mut slot.joined, true)
+                });
+                if first {
+                    tracing::info!(%relay, members = welcomed.members.len(), "joined the mesh directory at the relay");
+                }
+                self.on_welcomed(welcomed);
+                self.retry_reservations();
+            }
+            Err(e) => {
+                match &e {
+                    MeshError::Refused { reason, .. } => {
+                        tracing::error!(%relay, %reason, "the relay refused this daemon's membership; check the credential (proxymesh status shows the mesh)")
+                    }
+                    _ => {
+                        tracing::warn!(%relay, error = %e, "cannot join the relay's mesh directory")
+                    }
+                }
+                self.shared.write(|s| {
+                    s.relays[i].joining = false;
+                    back_off(&mut s.relays[i]);
+                });
+            }
+        }
+    }
+
+    /// Take the members a relay vouched for (each verified already).
+    fn on_welcomed(&mut self, w: Welcomed) {
+        for (peer, reason) in &w.rejected {
+            tracing::warn!(%peer, %reason, "ignoring a directory entry");
+        }
+        for peer in w.revoked {
+            tracing::warn!(%peer, "membership revoked by the mesh authority; disconnecting");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            self.shared.write(|s| s.discovered.remove(&peer));
+        }
+        let now = Instant::now();
+        for (peer, addrs) in w.members {
+            for a in &addrs {
+                self.swarm.add_peer_address(peer, a.clone());
+            }
+            self.shared.write(|s| {
+                if !s.discovered.contains_key(&peer) && s.discovered.len() >= MAX_DISCOVERED {
+                    return;
+                }
+                let d = s.discovered.entry(peer).or_insert_with(|| Discovered {
+                    addrs: Vec::new(),
+                    uuid: proxymesh::membership::endpoint_uuid(&peer).to_string(),
+                    seen: now,
+                });
+                d.seen = now;
+                for a in addrs {
+                    if !d.addrs.contains(&a)
+                        && d.addrs.len() < proxymesh::membership::wire::MAX_ADDRS
+                    {
+                        d.addrs.push(a);
+                    }
+                }
+            });
         }
     }
 
@@ -445,27 +676,28 @@ impl Driver {
             return;
         }
         self.last_discovery = Some(Instant::now());
-        let reserved = self.shared.read(State::reserved_relays);
-        for relay in reserved {
-            let cookie = self.cookies.get(&relay).cloned();
-            self.swarm
-                .behaviour_mut()
-                .rendezvous
-                .discover(None, cookie, None, relay);
+        self.refresh_directory();
+    }
+
+    /// Send our entry again to every relay we joined, and take its answer.
+    fn refresh_directory(&mut self) {
+        let joined: Vec<usize> = self.shared.read(|s| {
+            s.relays
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.joined && !r.joining)
+                .map(|(i, _)| i)
+                .collect()
+        });
+        for i in joined {
+            self.join(i);
         }
     }
 
-    /// (Re-)register with every relay we hold a reservation with.
-    fn refresh_registrations(&mut self) {
-        let reserved = self.shared.read(State::reserved_relays);
-        for relay in reserved {
-            self.register(relay);
-        }
-    }
-
-    fn refresh_rendezvous(&mut self) {
-        self.refresh_registrations();
-        self.discover();
+    fn prune_discovered(&mut self) {
+        let ttl = self.refresh_every * DISCOVERED_TTL_REFRESHES;
+        self.shared
+            .write(|s| s.discovered.retain(|_, d| d.seen.elapsed() < ttl));
     }
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -535,8 +767,27 @@ impl Driver {
                         }
                     }
                 });
-                if num_established == 0 && self.relay_peers.contains(&peer_id) {
-                    self.on_relay_lost(peer_id);
+                if num_established == 0 {
+                    self.gate.forget(&peer_id);
+                    if self.relay_peers.contains(&peer_id) {
+                        self.on_relay_lost(peer_id);
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } if self.relay_peers.contains(&peer) && !self.swarm.is_connected(&peer) => {
+                // Try the relay's next address (e.g. TCP where UDP is blocked) after a backoff.
+                let addr = self.shared.write(|s| {
+                    let slot = s.relays.iter_mut().find(|r| r.peer == peer)?;
+                    let addr = slot.current_addr().clone();
+                    back_off(slot);
+                    Some(addr)
+                });
+                if let Some(addr) = addr {
+                    tracing::warn!(relay = %addr, %error, "cannot reach relay; trying its next address");
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -585,8 +836,13 @@ impl Driver {
             transport,
             remote: remote.clone(),
         };
-        if !self.relay_peers.contains(&peer) {
+        let is_relay = self.relay_peers.contains(&peer);
+        if !is_relay {
             tracing::info!(%peer, %remote, ?path, ?transport, "connected");
+            if !self.gate.policy().is_open() {
+                self.unproven
+                    .push((Instant::now() + self.prove_within, peer));
+            }
         }
         self.shared.write(|s| {
             s.conns.entry(peer).or_default().insert(id, info);
@@ -596,6 +852,10 @@ impl Driver {
         });
         if path == Path::Direct {
             self.closing.push((Instant::now() + RELAYED_GRACE, peer));
+        }
+        if is_relay {
+            // Join its directory now rather than at the next tick.
+            self.retry_reservations();
         }
     }
 
@@ -652,11 +912,11 @@ impl Driver {
     }
 
     fn on_relay_lost(&mut self, relay: PeerId) {
-        let listener = self.shared.read(|s| {
-            s.relays
-                .iter()
-                .find(|r| r.peer == relay)
-                .and_then(|r| r.listener)
+        let listener = self.shared.write(|s| {
+            let slot = s.relays.iter_mut().find(|r| r.peer == relay)?;
+            // A new connection must join again.
+            slot.joined = false;
+            slot.listener
         });
         if let Some(l) = listener {
             self.swarm.remove_listener(l);
@@ -686,10 +946,8 @@ impl Driver {
                     if !renewal {
                         tracing::info!(relay = %relay_peer_id, %circuit, "reservation accepted");
                     }
-                    // Register on the next tick: the rendezvous client learns
-                    // external addresses from swarm events, after this one.
+                    // Refresh our directory entries (now with the circuit) on the next tick.
                     self.register_at = Some(Instant::now());
-                    self.discover();
                 }
             }
             BehaviourEvent::Relay(event) => tracing::debug!(?event, "relay client"),
@@ -710,68 +968,7 @@ impl Driver {
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
                 tracing::info!(?old, ?new, "reachability changed");
             }
-            BehaviourEvent::Rendezvous(event) => self.on_rendezvous(event),
             _ => {}
-        }
-    }
-
-    fn on_rendezvous(&mut self, event: rendezvous::client::Event) {
-        use rendezvous::client::Event;
-        match event {
-            Event::Discovered {
-                rendezvous_node,
-                registrations,
-                cookie,
-            } => {
-                self.cookies.insert(rendezvous_node, cookie);
-                let me = *self.swarm.local_peer_id();
-                for reg in registrations {
-                    let peer = reg.record.peer_id();
-                    if peer == me {
-                        continue;
-                    }
-                    let ns = reg.namespace.to_string();
-                    let addrs = reg.record.addresses().to_vec();
-                    for a in &addrs {
-                        self.swarm.add_peer_address(peer, a.clone());
-                    }
-                    self.shared.write(|s| {
-                        let d = s.discovered.entry(peer).or_default();
-                        for a in addrs {
-                            if !d.addrs.contains(&a) {
-                                d.addrs.push(a);
-                            }
-                        }
-                        if let Some(uuid) = ns.strip_prefix(ENDPOINT_NAMESPACE_PREFIX) {
-                            d.uuid = Some(uuid.to_string());
-                        }
-                    });
-                }
-            }
-            Event::Expired { peer } => {
-                self.shared.write(|s| s.discovered.remove(&peer));
-            }
-            Event::Registered {
-                rendezvous_node,
-                namespace,
-                ..
-            } => {
-                tracing::debug!(relay = %rendezvous_node, %namespace, "registered");
-            }
-            Event::RegisterFailed {
-                rendezvous_node,
-                namespace,
-                error,
-            } => {
-                tracing::warn!(relay = %rendezvous_node, %namespace, ?error, "rendezvous registration refused");
-            }
-            Event::DiscoverFailed {
-                rendezvous_node,
-                error,
-                ..
-            } => {
-                tracing::debug!(relay = %rendezvous_node, ?error, "discovery failed");
-            }
         }
     }
 }
