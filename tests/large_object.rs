@@ -59,3 +59,35 @@ async fn two_gib_roundtrip_with_bounded_daemon_memory() {
     );
     conn.evict(&key).await.unwrap();
 }
+
+/// Batch routes stream too: 2 × 256 MiB put in one batch and 4 × 256 MiB got
+/// in one batch by a daemon capped at 64 MiB of object memory. (They once
+/// buffered whole batches: 1 GiB RSS for the put, 1.3 GiB for the get.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_large_objects_stay_within_the_memory_cap() {
+    const OBJ: usize = 256 << 20;
+    let d = DaemonProcess::start(&["--memory-cap", "64MiB"]);
+    let conn = DaemonConnector::new(&d.api).unwrap();
+    let objects: Vec<Bytes> = (0..2u8)
+        .map(|i| Bytes::from(proxymesh::testing::pattern(OBJ, u64::from(i)).to_vec()))
+        .collect();
+    let mut keys = conn.put_batch(objects.clone()).await.unwrap();
+    keys.extend(conn.put_batch(objects.clone()).await.unwrap());
+    assert_eq!(keys.len(), 4);
+    let got = conn.get_batch(&keys).await.unwrap();
+    for (i, g) in got.iter().enumerate() {
+        assert!(g.as_ref() == Some(&objects[i % 2]), "object {i} differs");
+    }
+    drop(got);
+    let peak = d.peak_rss();
+    eprintln!(
+        "daemon peak RSS, batch put 2 x 256 MiB twice and batch get 4 x 256 MiB: {} MiB",
+        peak >> 20
+    );
+    assert!(
+        peak < RSS_LIMIT,
+        "daemon peak RSS {} MiB >= {} MiB",
+        peak >> 20,
+        RSS_LIMIT >> 20
+    );
+}

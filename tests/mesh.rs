@@ -122,11 +122,25 @@ fn remote_exists_and_evict() {
     let relay = RelayProcess::start(&[]);
     let a = mesh_daemon(&relay, &[]);
     let b = mesh_daemon(&relay, &[]);
+    // The producer's answer carries the owner capability (pmo1...); what it
+    // prints and shares is the read ticket (pm1...).
     let ticket = put(&a, b"remote ops");
+    assert!(
+        ticket.starts_with(proxymesh::OWNER_TICKET_PREFIX),
+        "{ticket}"
+    );
+    let read = ticket.parse::<proxymesh::Key>().unwrap().ticket();
     assert_eq!(
-        http(&b.api, "HEAD", &format!("/v1/objects/{ticket}"), &[], b"").status,
+        http(&b.api, "HEAD", &format!("/v1/objects/{read}"), &[], b"").status,
         200
     );
+    // A read ticket does not evict: refused by the producer, nothing lost.
+    let r = http(&b.api, "DELETE", &format!("/v1/objects/{read}"), &[], b"");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("owner capability"), "{}", r.text());
+    assert_eq!(status(&a)["objects"], 1, "still at the producer");
+    assert_eq!(get(&b, &read).body, b"remote ops");
+    // The owner ticket does.
     let r = http(&b.api, "DELETE", &format!("/v1/objects/{ticket}"), &[], b"");
     assert_eq!(
         (r.status, r.json()["evicted"].as_bool()),
@@ -378,6 +392,70 @@ async fn proxy_made_at_one_site_resolves_at_another_in_another_process() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(transfers(&b), 1, "B fetched the bytes from A");
+}
+
+#[tokio::test]
+async fn owned_proxy_moved_to_another_site_evicts_there_and_read_proxies_cannot() {
+    let relay = RelayProcess::start(&[]);
+    let a = mesh_daemon(&relay, &[]);
+    let b = mesh_daemon(&relay, &[]);
+    let store = Store::new(
+        "mesh-owned",
+        Arc::new(DaemonConnector::new(&a.api).unwrap()),
+    );
+    let value = pattern(100_000, 8);
+    let read: Proxy<Vec<u8>> = store.proxy(&value).await.unwrap();
+    let owned: proxymesh::OwnedProxy<Vec<u8>> = store.owned_proxy(&value).await.unwrap();
+    assert_eq!(status(&a)["objects"], 2);
+    let child = |test: &str, proxy: String| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--ignored", "--nocapture"])
+            .env("PROXYMESH_TEST_PROXY", proxy)
+            .env(proxymesh::api::API_ENV, &b.api)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    // A read-only proxy resolves at B but cannot evict the object at A.
+    let out = child("site_b_evict_child", serde_json::to_string(&read).unwrap());
+    assert!(out.contains("SITE B EVICT refused"), "{out}");
+    assert_eq!(status(&a)["objects"], 2);
+    // Ownership moves with the owned proxy; its drop at B evicts at A.
+    let wire = serde_json::to_string(&owned).unwrap();
+    let _read_only_here = owned.into_proxy();
+    let out = child("site_b_owned_child", wire);
+    assert!(out.contains("SITE B OWNED dropped"), "{out}");
+    assert_eq!(
+        status(&a)["objects"],
+        1,
+        "the owned object was evicted at A"
+    );
+}
+
+/// Child of the test above: resolve a read-only proxy at B, try to evict.
+#[test]
+#[ignore = "run by owned_proxy_moved_to_another_site_evicts_there_and_read_proxies_cannot"]
+fn site_b_evict_child() {
+    let proxy: Proxy<Vec<u8>> =
+        serde_json::from_str(&std::env::var("PROXYMESH_TEST_PROXY").unwrap()).unwrap();
+    assert_eq!(proxy.len(), 100_000);
+    let store = Store::new("site-b", Arc::new(DaemonConnector::from_env().unwrap()));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    match rt.block_on(store.evict(proxy.key())) {
+        Ok(()) => println!("SITE B EVICT succeeded"),
+        Err(e) => println!("SITE B EVICT refused: {e}"),
+    }
+}
+
+/// Child of the test above: resolve an owned proxy at B, then drop it.
+#[test]
+#[ignore = "run by owned_proxy_moved_to_another_site_evicts_there_and_read_proxies_cannot"]
+fn site_b_owned_child() {
+    let owned: proxymesh::OwnedProxy<Vec<u8>> =
+        serde_json::from_str(&std::env::var("PROXYMESH_TEST_PROXY").unwrap()).unwrap();
+    assert_eq!(owned.len(), 100_000);
+    drop(owned);
+    println!("SITE B OWNED dropped");
 }
 
 /// Runs only as the child of the test above: resolves through site B's daemon.

@@ -23,6 +23,7 @@
 //! idle_timeout = 10.0
 //! cache_cap = "4GiB"            # fetched copies of other sites' objects
 //! directory_refresh = 60.0      # ask the relays for members and revocations
+//! peer_write_quota = "4GiB"     # ProxyStore sets each other member may keep here
 //! ```
 
 use std::net::SocketAddr;
@@ -87,6 +88,10 @@ pub struct Config {
     /// Seconds between asking the relays for the members and the newest
     /// revocation list.
     pub directory_refresh: f64,
+    /// Bytes of ProxyStore objects each other member may keep stored here
+    /// through forwarded sets.
+    #[serde(with = "size")]
+    pub peer_write_quota: u64,
 }
 
 impl Default for Config {
@@ -113,6 +118,7 @@ impl Default for Config {
             directory_refresh: crate::mesh::MeshConfig::default()
                 .directory_refresh
                 .as_secs_f64(),
+            peer_write_quota: crate::mesh::MeshConfig::default().serve.peer_write_quota,
         }
     }
 }
@@ -214,6 +220,10 @@ impl Config {
             connect_timeout: Duration::from_secs_f64(self.connect_timeout),
             hole_punch_timeout: Duration::from_secs_f64(self.hole_punch_timeout),
             directory_refresh: Duration::from_secs_f64(self.directory_refresh),
+            serve: crate::mesh::transfer::ServeConfig {
+                peer_write_quota: self.peer_write_quota,
+                ..Default::default()
+            },
             fetch: crate::mesh::fetcher::FetchConfig {
                 idle_timeout: Duration::from_secs_f64(self.idle_timeout),
                 cache_cap: self.cache_cap,

@@ -14,10 +14,14 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use std::sync::Arc;
+
 use libp2p_identity::{Keypair, PeerId};
+use proxymesh::{ObjectId, OwnerCap};
 use uuid::Uuid;
 
 const KEY_FILE: &str = "identity.key";
+const OWNER_SECRET_FILE: &str = "owner.secret";
 const LEGACY_UUID_FILE: &str = "endpoint.uuid";
 const LOCK_FILE: &str = "proxymeshd.lock";
 
@@ -28,6 +32,42 @@ pub struct Identity {
     pub keypair: Keypair,
     /// The ProxyStore endpoint UUID.
     pub uuid: Uuid,
+    /// Derives the owner capabilities of this daemon's objects.
+    pub owners: Arc<OwnerSecret>,
+}
+
+/// The secret from which this daemon derives each object's [`OwnerCap`]:
+/// keyed BLAKE3 of the object ID, so a capability is unforgeable without
+/// the secret and needs no storage. Kept in the data directory (0600).
+pub struct OwnerSecret([u8; 32]);
+
+impl std::fmt::Debug for OwnerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnerSecret(..)")
+    }
+}
+
+impl OwnerSecret {
+    /// A secret from these bytes (tests).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The owner capability of object `id`.
+    pub fn cap(&self, id: &ObjectId) -> OwnerCap {
+        let h = blake3::keyed_hash(&self.0, id.as_bytes());
+        OwnerCap(h.as_bytes()[..16].try_into().expect("16 bytes"))
+    }
+
+    /// Whether `cap` is the owner capability of `id` (constant time).
+    pub fn verify(&self, id: &ObjectId, cap: &OwnerCap) -> bool {
+        let want = self.cap(id);
+        want.0
+            .iter()
+            .zip(cap.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
 }
 
 impl Identity {
@@ -42,6 +82,7 @@ impl Identity {
         let keypair =
             proxymesh::keyfile::load_or_create(&dir.join(KEY_FILE)).map_err(anyhow::Error::msg)?;
         let uuid = proxymesh::membership::endpoint_uuid(&keypair.public().to_peer_id());
+        let owners = Arc::new(load_or_create_secret(&dir.join(OWNER_SECRET_FILE))?);
         // Before endpoint UUIDs were derived, they were random and kept here.
         let old = dir.join(LEGACY_UUID_FILE);
         if let Ok(text) = fs::read_to_string(&old) {
@@ -50,8 +91,28 @@ impl Identity {
             }
             let _ = fs::remove_file(&old);
         }
-        Ok(Self { keypair, uuid })
+        Ok(Self {
+            keypair,
+            uuid,
+            owners,
+        })
     }
+}
+
+fn load_or_create_secret(path: &Path) -> anyhow::Result<OwnerSecret> {
+    if path.exists() {
+        let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "owner secret {} is damaged; restore it from a backup (owner capabilities of existing objects depend on it)",
+                path.display()
+            )
+        })?;
+        return Ok(OwnerSecret(bytes));
+    }
+    let bytes: [u8; 32] = rand::random();
+    proxymesh::keyfile::write_atomic(path, &bytes, 0o600).map_err(anyhow::Error::msg)?;
+    Ok(OwnerSecret(bytes))
 }
 
 /// Create `dir` if needed and make it private to this user (0700): it holds
@@ -111,6 +172,27 @@ mod tests {
         };
         assert_eq!(mode(&dir.path().join(KEY_FILE)), 0o600);
         assert_eq!(mode(dir.path()), 0o700, "the data directory is private");
+    }
+
+    #[test]
+    fn owner_capabilities_are_stable_per_daemon_and_unforgeable() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Identity::load_or_create(dir.path()).unwrap();
+        let again = Identity::load_or_create(dir.path()).unwrap();
+        let other = Identity::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        let (x, y) = (ObjectId::random(), ObjectId::random());
+        let cap = a.owners.cap(&x);
+        assert!(again.owners.verify(&x, &cap), "stable across restarts");
+        assert!(!a.owners.verify(&y, &cap), "bound to its object");
+        assert!(!other.owners.verify(&x, &cap), "bound to its daemon");
+        assert!(!a.owners.verify(&x, &OwnerCap([0; 16])));
+        let mode = std::fs::metadata(dir.path().join(OWNER_SECRET_FILE))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
     }
 
     #[test]

@@ -79,7 +79,13 @@ impl Daemon {
             })?);
         let mesh = match config.mesh()? {
             Some(mesh_config) => Some(
-                mesh::Mesh::start(identity.keypair.clone(), storage.clone(), mesh_config).await?,
+                mesh::Mesh::start(
+                    identity.keypair.clone(),
+                    identity.owners.clone(),
+                    storage.clone(),
+                    mesh_config,
+                )
+                .await?,
             ),
             None => None,
         };
@@ -99,6 +105,7 @@ impl Daemon {
             mesh,
             peer_id: identity.peer_id(),
             uuid: identity.uuid,
+            owners: identity.owners.clone(),
             started: Instant::now(),
             api_addr: api_addr.to_string(),
             data_dir: config.data_dir.display().to_string(),

@@ -241,7 +241,7 @@ fn a_bare_libp2p_node_is_refused_every_request_and_dropped() {
         let mut o = Outsider::connect(quic.clone()).await;
         let s = o.stream(a_peer, FETCH).await;
         assert!(
-            transfer::evict(s, a_peer, &RemoteName::Native(id), timeouts())
+            transfer::evict(s, a_peer, &RemoteName::Native(id), None, timeouts())
                 .await
                 .is_err()
         );

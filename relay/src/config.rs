@@ -498,32 +498,9 @@ pub fn parse_mesh_id(text: &str) -> Result<MeshId, String> {
     })
 }
 
-/// Parse a duration: plain seconds, or a whole number with `s`, `m`, `h` or
-/// `d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let seconds_per_unit: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "{text:?} is not a duration (use seconds, or e.g. 90s, 30m, 12h, 2d)"
-            ))
-        }
-    };
-    let n: u64 = number.parse().map_err(|_| {
-        format!("{text:?} is not a duration (use seconds, or e.g. 90s, 30m, 12h, 2d)")
-    })?;
-    n.checked_mul(seconds_per_unit)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("duration {text:?} is too large"))
-}
+/// Durations as every proxymesh tool reads them (see
+/// [`proxymesh::units::parse_duration`]).
+pub use proxymesh::units::parse_duration;
 
 #[cfg(test)]
 mod tests {

@@ -57,6 +57,16 @@ pub fn object_path(key: &Key) -> String {
     format!("{OBJECTS}/{key}")
 }
 
+/// `/v1/objects/{owner ticket}` when `key` carries the owner capability
+/// (evict and overwrite need it for another daemon's object), else
+/// [`object_path`].
+pub fn owner_path(key: &Key) -> String {
+    match key.owner_ticket() {
+        Some(t) => format!("{OBJECTS}/{t}"),
+        None => object_path(key),
+    }
+}
+
 /// Daemon status, as served by `GET /v1/status` and shown by `proxymesh status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {

@@ -3,8 +3,15 @@
 //!
 //! A ticket is `pm1` followed by lowercase base32 (no padding) of a small
 //! binary record: version, object ID, optional producer peer ID, optional
-//! address hints, and a 4-byte BLAKE3 checksum that catches typos and
+//! address hints, optionally the object's BLAKE3 (a consumer checks the bytes
+//! against it), and a 4-byte BLAKE3 checksum that catches typos and
 //! truncation.
+//!
+//! A ticket lets its holder **read** (get, exists). Evicting or overwriting
+//! another daemon's object needs the key's [`OwnerCap`], which the producing
+//! daemon derives from a secret of its own, so a read ticket cannot be turned
+//! into it. A key that carries it prints as a plain ticket; only
+//! [`Key::owner_ticket`] (`pmo1…`) and serialization carry the capability.
 //!
 //! ```
 //! use proxymesh::{Key, ObjectId};
@@ -23,7 +30,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Prefix of every ticket string.
 pub const TICKET_PREFIX: &str = "pm1";
+/// Prefix of a ticket that also carries the owner capability.
+pub const OWNER_TICKET_PREFIX: &str = "pmo1";
+/// Tickets without hash or owner capability (byte-identical to the first format).
 const TICKET_VERSION: u8 = 1;
+/// Tickets with a flags byte: bit 0 a BLAKE3 hash follows, bit 1 an owner capability.
+const TICKET_VERSION_2: u8 = 2;
+const FLAG_HASH: u8 = 1;
+const FLAG_OWNER: u8 = 2;
 const CHECKSUM_LEN: usize = 4;
 const MAX_ADDRS: usize = 16;
 
@@ -46,8 +60,42 @@ pub enum KeyError {
     #[error("malformed ticket: {0}")]
     BadBody(&'static str),
     /// A ticket came from a newer proxymesh.
-    #[error("unsupported ticket version {0}; this proxymesh understands version {TICKET_VERSION}")]
+    #[error("unsupported ticket version {0}; this proxymesh understands versions {TICKET_VERSION} and {TICKET_VERSION_2}")]
     UnsupportedVersion(u8),
+    /// An owner capability was not 32 hex digits.
+    #[error("malformed owner capability: expected 32 hex digits")]
+    BadOwnerCap,
+}
+
+/// The capability to evict or overwrite an object: 128 bits the producing
+/// daemon derives from the object ID and a secret it never shares. Tickets
+/// (read-only) never contain it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OwnerCap(pub [u8; 16]);
+
+impl fmt::Display for OwnerCap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for OwnerCap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret in logs.
+        f.write_str("OwnerCap(..)")
+    }
+}
+
+impl FromStr for OwnerCap {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        s.parse::<ObjectId>()
+            .map(|id| Self(id.0))
+            .map_err(|_| KeyError::BadOwnerCap)
+    }
 }
 
 /// A 128-bit random object identifier. Unguessable: knowing one ID says
@@ -111,10 +159,14 @@ impl<'de> Deserialize<'de> for ObjectId {
 }
 
 /// Where an object lives: its ID, the peer ID of the daemon that holds it
-/// (absent for in-process and shared-directory connectors), and address hints
-/// for reaching that daemon (relay addresses, filled in by the mesh).
+/// (absent for in-process and shared-directory connectors), address hints
+/// for reaching that daemon (relay addresses, filled in by the mesh), and
+/// optionally the object's BLAKE3 and the owner capability.
 ///
-/// `Display`/`FromStr` and serde use the ticket form.
+/// `Display` gives the read-only ticket (`pm1…`), whatever the key carries;
+/// `FromStr` reads both forms; serde keeps the owner capability when present
+/// (`pmo1…`), so an [`OwnedProxy`](crate::OwnedProxy) can still evict
+/// after travelling. Use [`Key::read_only`] before handing a key to others.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     /// The object's ID.
@@ -123,6 +175,11 @@ pub struct Key {
     pub peer: Option<PeerId>,
     /// Addresses at which the producer can be reached (e.g. relay circuits).
     pub addrs: Vec<Multiaddr>,
+    /// BLAKE3 of the object's bytes, when known at key creation: whoever
+    /// fetches the object checks the bytes against it.
+    pub hash: Option<[u8; 32]>,
+    /// The capability to evict or overwrite (the producer's, never in a ticket).
+    pub owner: Option<OwnerCap>,
 }
 
 impl Key {
@@ -132,6 +189,8 @@ impl Key {
             id,
             peer: None,
             addrs: Vec::new(),
+            hash: None,
+            owner: None,
         }
     }
 
@@ -141,17 +200,55 @@ impl Key {
             id,
             peer: Some(peer),
             addrs: Vec::new(),
+            hash: None,
+            owner: None,
         }
     }
 
-    /// The ticket string (same as `to_string()`).
+    /// The read-only ticket string (same as `to_string()`).
     pub fn ticket(&self) -> String {
         self.to_string()
     }
 
-    fn encode_body(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64);
-        out.push(TICKET_VERSION);
+    /// The ticket that also carries the owner capability (`pmo1…`), if this
+    /// key has it. Whoever holds it may evict and overwrite: keep it.
+    pub fn owner_ticket(&self) -> Option<String> {
+        self.owner?;
+        let body = data_encoding::BASE32_NOPAD.encode(&self.encode_body(true));
+        Some(format!(
+            "{OWNER_TICKET_PREFIX}{}",
+            body.to_ascii_lowercase()
+        ))
+    }
+
+    /// This key without the owner capability: what to give readers.
+    pub fn read_only(&self) -> Key {
+        Key {
+            owner: None,
+            ..self.clone()
+        }
+    }
+
+    /// The expected BLAKE3 of the bytes, if the key carries it.
+    pub fn blake3(&self) -> Option<blake3::Hash> {
+        self.hash.map(blake3::Hash::from_bytes)
+    }
+
+    fn encode_body(&self, with_owner: bool) -> Vec<u8> {
+        let owner = self.owner.filter(|_| with_owner);
+        let mut flags = 0;
+        if self.hash.is_some() {
+            flags |= FLAG_HASH;
+        }
+        if owner.is_some() {
+            flags |= FLAG_OWNER;
+        }
+        let mut out = Vec::with_capacity(96);
+        out.push(if flags == 0 {
+            TICKET_VERSION
+        } else {
+            TICKET_VERSION_2
+        });
         out.extend_from_slice(&self.id.0);
         match &self.peer {
             Some(p) => {
@@ -168,6 +265,15 @@ impl Key {
             out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
             out.extend_from_slice(&bytes);
         }
+        if flags != 0 {
+            out.push(flags);
+            if let Some(h) = &self.hash {
+                out.extend_from_slice(h);
+            }
+            if let Some(o) = owner {
+                out.extend_from_slice(&o.0);
+            }
+        }
         let sum = blake3::hash(&out);
         out.extend_from_slice(&sum.as_bytes()[..CHECKSUM_LEN]);
         out
@@ -183,7 +289,7 @@ impl Key {
         }
         let mut r = Reader(body);
         let version = r.u8()?;
-        if version != TICKET_VERSION {
+        if version != TICKET_VERSION && version != TICKET_VERSION_2 {
             return Err(KeyError::UnsupportedVersion(version));
         }
         let id = ObjectId(r.take(16)?.try_into().expect("16 bytes"));
@@ -207,10 +313,29 @@ impl Key {
                 .map_err(|_| KeyError::BadBody("bad address"))?;
             addrs.push(a);
         }
+        let (mut hash, mut owner) = (None, None);
+        if version == TICKET_VERSION_2 {
+            let flags = r.u8()?;
+            if flags & !(FLAG_HASH | FLAG_OWNER) != 0 {
+                return Err(KeyError::BadBody("unknown flags"));
+            }
+            if flags & FLAG_HASH != 0 {
+                hash = Some(r.take(32)?.try_into().expect("32 bytes"));
+            }
+            if flags & FLAG_OWNER != 0 {
+                owner = Some(OwnerCap(r.take(16)?.try_into().expect("16 bytes")));
+            }
+        }
         if !r.0.is_empty() {
             return Err(KeyError::BadBody("trailing bytes"));
         }
-        Ok(Self { id, peer, addrs })
+        Ok(Self {
+            id,
+            peer,
+            addrs,
+            hash,
+            owner,
+        })
     }
 }
 
@@ -232,7 +357,7 @@ impl<'a> Reader<'a> {
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let body = data_encoding::BASE32_NOPAD.encode(&self.encode_body());
+        let body = data_encoding::BASE32_NOPAD.encode(&self.encode_body(false));
         write!(f, "{TICKET_PREFIX}{}", body.to_ascii_lowercase())
     }
 }
@@ -247,6 +372,12 @@ impl fmt::Debug for Key {
         if !self.addrs.is_empty() {
             d.field("addrs", &self.addrs);
         }
+        if let Some(h) = self.blake3() {
+            d.field("blake3", &format_args!("{h}"));
+        }
+        if self.owner.is_some() {
+            d.field("owner", &"..");
+        }
         d.finish()
     }
 }
@@ -255,7 +386,10 @@ impl FromStr for Key {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
         let s = s.trim();
-        let Some(body) = s.strip_prefix(TICKET_PREFIX) else {
+        let Some(body) = s
+            .strip_prefix(OWNER_TICKET_PREFIX)
+            .or_else(|| s.strip_prefix(TICKET_PREFIX))
+        else {
             return Err(KeyError::BadPrefix(s.chars().take(16).collect()));
         };
         let raw = data_encoding::BASE32_NOPAD
@@ -267,7 +401,10 @@ impl FromStr for Key {
 
 impl Serialize for Key {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        match self.owner_ticket() {
+            Some(t) => s.serialize_str(&t),
+            None => s.collect_str(self),
+        }
     }
 }
 
@@ -309,6 +446,35 @@ mod tests {
         assert_eq!(t.parse::<Key>().unwrap(), key);
         let json = serde_json::to_string(&key).unwrap();
         assert_eq!(serde_json::from_str::<Key>(&json).unwrap(), key);
+    }
+
+    #[test]
+    fn hashes_travel_in_tickets_owner_capabilities_only_in_owner_tickets() {
+        let mut key = Key::on_peer(ObjectId::random(), peer());
+        let plain = key.ticket();
+        key.hash = Some(*blake3::hash(b"bytes").as_bytes());
+        let with_hash = key.ticket();
+        assert_ne!(with_hash, plain);
+        assert_eq!(with_hash.parse::<Key>().unwrap(), key);
+        // A v1 ticket (no hash, no owner) is unchanged, and still parses.
+        assert_eq!(plain.parse::<Key>().unwrap().hash, None);
+
+        key.owner = Some(OwnerCap([7; 16]));
+        // Printing never shows the capability...
+        assert_eq!(key.to_string(), with_hash);
+        assert_eq!(key.read_only().owner, None);
+        assert!(!format!("{key:?}").contains("0707"));
+        // ...the owner ticket and serde carry it.
+        let owner = key.owner_ticket().unwrap();
+        assert!(owner.starts_with(OWNER_TICKET_PREFIX));
+        assert_eq!(owner.parse::<Key>().unwrap(), key);
+        let json = serde_json::to_string(&key).unwrap();
+        assert_eq!(serde_json::from_str::<Key>(&json).unwrap(), key);
+        let json = serde_json::to_string(&key.read_only()).unwrap();
+        assert_eq!(serde_json::from_str::<Key>(&json).unwrap().owner, None);
+        // A read ticket cannot be turned into an owner ticket by relabelling.
+        let relabelled = with_hash.replacen(TICKET_PREFIX, OWNER_TICKET_PREFIX, 1);
+        assert_eq!(relabelled.parse::<Key>().unwrap().owner, None);
     }
 
     #[test]

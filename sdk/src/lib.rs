@@ -88,7 +88,7 @@ pub use connector::{
 };
 pub use error::{Error, Result};
 pub use factory::Factory;
-pub use key::{Key, KeyError, ObjectId, TICKET_PREFIX};
+pub use key::{Key, KeyError, ObjectId, OwnerCap, OWNER_TICKET_PREFIX, TICKET_PREFIX};
 pub use metrics::{MetricsSnapshot, Op, OpStats};
 pub use proxy::{LockedProxy, OwnedProxy, Proxy};
 pub use serialize::{Bincode, Json, Serializer};

@@ -370,6 +370,23 @@ impl<T, S: Serializer> OwnedProxy<T, S> {
     }
 }
 
+impl<T, S: Serializer> Serialize for OwnedProxy<T, S> {
+    /// Serializes like a [`Proxy`], owner capability included: the receiver
+    /// can evict the object when its owned proxy drops, at any site. Sending
+    /// an owned proxy moves ownership: give yours up with
+    /// [`into_proxy`](Self::into_proxy) once it is sent.
+    fn serialize<Se: serde::Serializer>(&self, s: Se) -> std::result::Result<Se::Ok, Se::Error> {
+        self.proxy().serialize(s)
+    }
+}
+
+impl<'de, T, S: Serializer> Deserialize<'de> for OwnedProxy<T, S> {
+    /// The receiving end of a moved owned proxy: evicts on its last drop.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Proxy::deserialize(d).map(Self::new)
+    }
+}
+
 impl<T, S: Serializer> Clone for OwnedProxy<T, S> {
     /// Another owner of the same object (and the same resolved value).
     fn clone(&self) -> Self {

@@ -432,13 +432,15 @@ impl<S: Serializer> Store<S> {
         Factory::new(key, self.inner.config.clone(), evict_on_resolve).with_origin(self.clone())
     }
 
-    /// Store `value` and return a [`Proxy`] of it.
+    /// Store `value` and return a [`Proxy`] of it. The proxy can read the
+    /// object, not evict or overwrite it: its key is [read-only](Key::read_only).
     pub async fn proxy<T: Serialize + 'static>(&self, value: &T) -> Result<Proxy<T, S>> {
         self.proxy_with(value, false).await
     }
 
     /// Like [`proxy`](Self::proxy); with `evict_on_resolve`, the object is
-    /// evicted as soon as a proxy resolves it (single-consumer hand-off).
+    /// evicted as soon as a proxy resolves it (single-consumer hand-off), so
+    /// the proxy carries the owner capability.
     pub async fn proxy_with<T: Serialize + 'static>(
         &self,
         value: &T,
@@ -447,6 +449,11 @@ impl<S: Serializer> Store<S> {
         let t = self.timer(Op::Proxy);
         let key = self.put_bytes(self.encode(value)?).await?;
         t.finish();
+        let key = if evict_on_resolve {
+            key
+        } else {
+            key.read_only()
+        };
         Ok(Proxy::new(self.factory(key, evict_on_resolve)))
     }
 
@@ -458,10 +465,14 @@ impl<S: Serializer> Store<S> {
         let t = self.timer(Op::ProxyBatch);
         let keys = self.put_batch(values).await?;
         t.finish();
-        Ok(keys.into_iter().map(|k| self.proxy_from_key(k)).collect())
+        Ok(keys
+            .into_iter()
+            .map(|k| self.proxy_from_key(k.read_only()))
+            .collect())
     }
 
-    /// A proxy of an object already stored under `key` (no I/O).
+    /// A proxy of an object already stored under `key` (no I/O). It carries
+    /// whatever `key` carries: pass [`Key::read_only`] to hand out reading only.
     pub fn proxy_from_key<T>(&self, key: Key) -> Proxy<T, S> {
         Proxy::new(self.factory(key, false))
     }
@@ -475,9 +486,13 @@ impl<S: Serializer> Store<S> {
     }
 
     /// Store `value` and return an [`OwnedProxy`] of it: the object is
-    /// evicted when the last owner is dropped.
+    /// evicted when the last owner is dropped, wherever that is (the proxy
+    /// carries the owner capability; keep it among owners).
     pub async fn owned_proxy<T: Serialize + 'static>(&self, value: &T) -> Result<OwnedProxy<T, S>> {
-        Ok(OwnedProxy::new(self.proxy(value).await?))
+        let t = self.timer(Op::Proxy);
+        let key = self.put_bytes(self.encode(value)?).await?;
+        t.finish();
+        Ok(OwnedProxy::new(Proxy::new(self.factory(key, false))))
     }
 
     /// Resolve a proxy's target: get and decode (a missing object is

@@ -38,6 +38,8 @@ pub struct AppState {
     pub peer_id: PeerId,
     /// This daemon's ProxyStore endpoint UUID.
     pub uuid: Uuid,
+    /// Derives the owner capabilities of this daemon's objects.
+    pub owners: Arc<crate::identity::OwnerSecret>,
     /// When the daemon started.
     pub started: Instant,
     /// The API's bound address, as shown in status.

@@ -34,6 +34,10 @@ pub enum Target {
         id: ObjectId,
         /// Addresses from the key (relay circuits).
         addrs: Vec<libp2p::Multiaddr>,
+        /// The BLAKE3 the key promises.
+        hash: Option<blake3::Hash>,
+        /// The owner capability, if the key carries it (evict needs it).
+        owner: Option<proxymesh::OwnerCap>,
     },
 }
 
@@ -42,7 +46,13 @@ pub enum Target {
 fn target_of(state: &AppState, key: &Key) -> Result<Target, Failure> {
     match key.peer {
         Some(p) if p == state.peer_id => Ok(Target::Local(ObjectName::Native(key.id))),
-        Some(p) if state.mesh.is_some() => Ok(Target::Remote { peer: p, id: key.id, addrs: key.addrs.clone() }),
+        Some(p) if state.mesh.is_some() => Ok(Target::Remote {
+            peer: p,
+            id: key.id,
+            addrs: key.addrs.clone(),
+            hash: key.blake3(),
+            owner: key.owner,
+        }),
         Some(p) => Err(Failure::new(
             StatusCode::CONFLICT,
             api::ErrorCode::WrongPeer,
@@ -95,17 +105,21 @@ pub fn fetched_response(fetched: Fetched) -> Response {
     resp
 }
 
-fn key_for(state: &AppState, id: ObjectId) -> Key {
+/// The key of this daemon's object `id`, for its owner (the local user):
+/// address hints, the owner capability, and the hash once known.
+fn key_for(state: &AppState, id: ObjectId, hash: Option<blake3::Hash>) -> Key {
     let mut key = Key::on_peer(id, state.peer_id);
     if let Some(mesh) = &state.mesh {
         key.addrs = mesh.advertised_addrs();
     }
+    key.hash = hash.map(|h| *h.as_bytes());
+    key.owner = Some(state.owners.cap(&id));
     key
 }
 
 fn put_response(state: &AppState, id: ObjectId, meta: &crate::storage::ObjectMeta) -> PutResponse {
     PutResponse {
-        key: key_for(state, id),
+        key: key_for(state, id, Some(meta.hash)),
         size: meta.size,
         blake3: meta.hash.to_hex().to_string(),
     }
@@ -136,7 +150,7 @@ pub async fn status(State(state): St) -> Json<Status> {
 /// `POST /v1/keys`.
 pub async fn new_key(State(state): St) -> Json<KeyResponse> {
     Json(KeyResponse {
-        key: key_for(&state, ObjectId::random()),
+        key: key_for(&state, ObjectId::random(), None),
     })
 }
 
@@ -207,11 +221,17 @@ pub async fn get(State(state): St, Path(segment): Path<String>) -> Result<Respon
             Some(reader) => Ok(object_response(reader)),
             None => Err(Failure::not_found(&segment)),
         },
-        Target::Remote { peer, id, addrs } => {
+        Target::Remote {
+            peer,
+            id,
+            addrs,
+            hash,
+            ..
+        } => {
             let fetched = state
                 .mesh()
                 .fetcher()
-                .get(peer, RemoteName::Native(id), &addrs)
+                .get_checked(peer, RemoteName::Native(id), &addrs, hash)
                 .await?;
             Ok(fetched_response(fetched))
         }
@@ -242,7 +262,9 @@ pub async fn head(State(state): St, Path(segment): Path<String>) -> Result<Respo
 async fn exists_target(state: &AppState, target: &Target) -> Result<bool, Failure> {
     match target {
         Target::Local(name) => Ok(state.storage.contains(name)),
-        Target::Remote { peer, id, addrs } => Ok(state
+        Target::Remote {
+            peer, id, addrs, ..
+        } => Ok(state
             .mesh()
             .fetcher()
             .exists(*peer, RemoteName::Native(*id), addrs)
@@ -253,10 +275,16 @@ async fn exists_target(state: &AppState, target: &Target) -> Result<bool, Failur
 async fn evict_target(state: &AppState, target: &Target) -> Result<bool, Failure> {
     match target {
         Target::Local(name) => Ok(state.storage.evict(name).await?),
-        Target::Remote { peer, id, addrs } => Ok(state
+        Target::Remote {
+            peer,
+            id,
+            addrs,
+            owner,
+            ..
+        } => Ok(state
             .mesh()
             .fetcher()
-            .evict(*peer, RemoteName::Native(*id), addrs)
+            .evict(*peer, RemoteName::Native(*id), addrs, *owner)
             .await?),
     }
 }
@@ -285,33 +313,63 @@ pub async fn batch_put(State(state): St, body: Body) -> Result<Json<KeysResponse
     result
 }
 
+/// Stream each frame of a batch put into its own storage writer as it
+/// arrives: no frame is ever held whole in memory, so a batch of large
+/// objects stays within the memory cap (large ones go to disk).
 async fn batch_put_inner(
     state: &AppState,
     stream: &mut axum::body::BodyDataStream,
     stored: &mut Vec<ObjectId>,
 ) -> Result<Json<KeysResponse>, Failure> {
+    use bytes::Buf;
     let limit = state.storage.config().max_object_size;
-    let mut parser = api::FrameParser::default();
     let mut keys = Vec::new();
+    // The length prefix being read, or the object being written.
+    let mut header: Vec<u8> = Vec::with_capacity(8);
+    let mut current: Option<(ObjectId, crate::storage::ObjectWriter, u64)> = None;
     while let Some(chunk) = stream.next().await {
-        parser.push(&chunk.map_err(Failure::incomplete)?);
-        if let (Some(len), Some(limit)) = (parser.pending_len(), limit) {
-            if len > limit {
-                return Err(crate::storage::StorageError::TooLarge { size: len, limit }.into());
+        let mut chunk = chunk.map_err(Failure::incomplete)?;
+        while !chunk.is_empty() || current.as_ref().is_some_and(|c| c.2 == 0) {
+            match &mut current {
+                None => {
+                    let take = (8 - header.len()).min(chunk.len());
+                    header.extend_from_slice(&chunk[..take]);
+                    chunk.advance(take);
+                    if header.len() < 8 {
+                        continue;
+                    }
+                    let len = u64::from_be_bytes(header[..].try_into().expect("8 bytes"));
+                    header.clear();
+                    if let Some(limit) = limit.filter(|l| len > *l) {
+                        return Err(
+                            crate::storage::StorageError::TooLarge { size: len, limit }.into()
+                        );
+                    }
+                    let id = ObjectId::random();
+                    let writer = state.storage.writer(ObjectName::Native(id), Some(len))?;
+                    current = Some((id, writer, len));
+                }
+                Some((_, writer, left)) => {
+                    if *left > 0 {
+                        let take = (*left).min(chunk.len() as u64) as usize;
+                        writer.write(chunk.split_to(take)).await?;
+                        *left -= take as u64;
+                    }
+                    if *left == 0 {
+                        let (id, writer, _) = current.take().expect("an object is being written");
+                        let meta = writer.commit().await?;
+                        stored.push(id);
+                        keys.push(key_for(state, id, Some(meta.hash)));
+                    }
+                }
             }
         }
-        while let Some(frame) = parser.next_frame() {
-            let id = ObjectId::random();
-            let len = frame.len() as u64;
-            let one = futures::stream::iter([Ok::<_, std::convert::Infallible>(
-                bytes::Bytes::from(frame),
-            )]);
-            store_body(&state.storage, ObjectName::Native(id), Some(len), one).await?;
-            stored.push(id);
-            keys.push(key_for(state, id));
-        }
     }
-    parser.finish().map_err(Failure::incomplete)?;
+    if current.is_some() || !header.is_empty() {
+        return Err(Failure::incomplete(
+            "batch body ended in the middle of a frame",
+        ));
+    }
     Ok(Json(KeysResponse { keys }))
 }
 
@@ -319,45 +377,66 @@ fn targets(state: &AppState, req: &KeysRequest) -> Result<Vec<Target>, Failure> 
     req.keys.iter().map(|k| target_of(state, k)).collect()
 }
 
-/// `POST /v1/batch/get`.
+/// `POST /v1/batch/get`. Every object is found (and every remote transfer
+/// started) before the answer begins, so a missing daemon or a refusal is an
+/// HTTP error as for a single get; then the objects stream out one after the
+/// other, never held whole in memory. A transfer that breaks midway ends the
+/// body early (the client sees a truncated answer, never wrong bytes).
 pub async fn batch_get(
     State(state): St,
     Json(req): Json<KeysRequest>,
 ) -> Result<Response, Failure> {
-    let mut out = Vec::new();
+    let mut items: Vec<Option<(u64, crate::storage::ChunkStream)>> = Vec::new();
     for target in targets(&state, &req)? {
-        let reader = match target {
-            Target::Local(name) => state.storage.open_reader(&name).await?,
-            Target::Remote { peer, id, addrs } => {
-                match state
-                    .mesh()
-                    .fetcher()
-                    .get(peer, RemoteName::Native(id), &addrs)
-                    .await
-                {
-                    Ok(fetched) => {
-                        let bytes = collect(fetched).await?;
-                        api::write_batch_item(&mut out, Some(&bytes));
-                        continue;
-                    }
-                    Err(crate::mesh::MeshError::NotFound { .. }) => None,
-                    Err(e) => return Err(e.into()),
+        let item = match target {
+            Target::Local(name) => state
+                .storage
+                .open_reader(&name)
+                .await?
+                .map(|r| (r.meta().size, r.into_stream(STREAM_CHUNK))),
+            Target::Remote {
+                peer,
+                id,
+                addrs,
+                hash,
+                ..
+            } => match state
+                .mesh()
+                .fetcher()
+                .get_checked(peer, RemoteName::Native(id), &addrs, hash)
+                .await
+            {
+                Ok(Fetched::Cached { reader }) => {
+                    Some((reader.meta().size, reader.into_stream(STREAM_CHUNK)))
                 }
-            }
+                Ok(Fetched::Streaming { size, body, .. }) => Some((size, body)),
+                Err(crate::mesh::MeshError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
         };
-        match reader {
-            Some(r) => api::write_batch_item(
-                &mut out,
-                Some(
-                    &r.read_all()
-                        .await
-                        .map_err(crate::storage::StorageError::Io)?,
-                ),
-            ),
-            None => api::write_batch_item(&mut out, None),
-        }
+        items.push(item);
     }
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], out).into_response())
+    let body = futures::stream::iter(items).flat_map(|item| {
+        let mut head = Vec::with_capacity(9);
+        match item {
+            None => {
+                api::write_batch_item(&mut head, None);
+                futures::stream::iter([Ok(bytes::Bytes::from(head))]).boxed()
+            }
+            Some((size, data)) => {
+                head.push(1);
+                head.extend_from_slice(&size.to_be_bytes());
+                futures::stream::iter([Ok(bytes::Bytes::from(head))])
+                    .chain(data)
+                    .boxed()
+            }
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// `POST /v1/batch/exists`.
@@ -382,23 +461,4 @@ pub async fn batch_evict(
         evicted.push(evict_target(&state, &t).await?);
     }
     Ok(Json(EvictBatchResponse { evicted }))
-}
-
-/// All the bytes of a fetched object (batch gets are for small objects).
-async fn collect(fetched: Fetched) -> Result<bytes::Bytes, Failure> {
-    use futures::TryStreamExt;
-    let io = |e: std::io::Error| Failure::from(crate::storage::StorageError::Io(e));
-    match fetched {
-        Fetched::Cached { reader } => reader.read_all().await.map_err(io),
-        Fetched::Streaming { body, .. } => {
-            let chunks: Vec<bytes::Bytes> = body.try_collect().await.map_err(|e| {
-                Failure::new(
-                    StatusCode::BAD_GATEWAY,
-                    api::ErrorCode::PeerError,
-                    format!("remote transfer failed: {e}"),
-                )
-            })?;
-            Ok(bytes::Bytes::from(chunks.concat()))
-        }
-    }
 }

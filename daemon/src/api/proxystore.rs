@@ -261,7 +261,11 @@ pub async fn evict(
             state.storage.evict(&name).await.map_err(Failure::from)?;
         }
         Target::Remote { peer, addrs, name } => {
-            state.mesh().fetcher().evict(peer, name, &addrs).await?;
+            state
+                .mesh()
+                .fetcher()
+                .evict(peer, name, &addrs, None)
+                .await?;
         }
     }
     Ok(StatusCode::OK.into_response())

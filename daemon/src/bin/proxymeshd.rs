@@ -98,6 +98,10 @@ struct Args {
     /// revocation list (revocations reach this daemon within it) [default: 60].
     #[arg(long, env = "PROXYMESHD_DIRECTORY_REFRESH", value_name = "SECS")]
     directory_refresh: Option<f64>,
+    /// Bytes of ProxyStore objects each other member may keep stored here
+    /// through forwarded sets [default: 4GiB].
+    #[arg(long, env = "PROXYMESHD_PEER_WRITE_QUOTA", value_name = "SIZE", value_parser = parse_size)]
+    peer_write_quota: Option<u64>,
     /// Create the identity in the data directory if needed, print its peer ID
     /// (what the mesh operator admits) and exit.
     #[arg(long)]
@@ -169,6 +173,9 @@ impl Args {
         }
         if let Some(v) = self.directory_refresh {
             cfg.directory_refresh = v;
+        }
+        if let Some(v) = self.peer_write_quota {
+            cfg.peer_write_quota = v;
         }
         if self.print_peer_id {
             return Ok((cfg, None));

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use libp2p::{Multiaddr, PeerId};
 use lru::LruCache;
-use proxymesh::ObjectId;
+use proxymesh::{ObjectId, OwnerCap};
 use tokio::sync::mpsc;
 
 use super::protocol::RemoteName;
@@ -187,8 +187,30 @@ impl Fetcher {
         name: RemoteName,
         addrs: &[Multiaddr],
     ) -> Result<Fetched, MeshError> {
+        self.get_checked(peer, name, addrs, None).await
+    }
+
+    /// [`get`](Self::get), and the bytes must hash to `expect` (what the
+    /// ticket promised): a producer announcing another hash fails with
+    /// [`MeshError::Corrupt`] before any byte is handed out.
+    pub async fn get_checked(
+        &self,
+        peer: PeerId,
+        name: RemoteName,
+        addrs: &[Multiaddr],
+        expect: Option<blake3::Hash>,
+    ) -> Result<Fetched, MeshError> {
+        // The error, if a cached copy is not what the ticket promised.
+        let broken = |got: blake3::Hash, name: &RemoteName| match expect {
+            Some(want) if want != got => Some(MeshError::Corrupt {
+                peer,
+                id: name.clone(),
+                reason: format!("the ticket promises BLAKE3 {want}, the peer has {got}"),
+            }),
+            _ => None,
+        };
         let RemoteName::Native(id) = name else {
-            return self.fetch(peer, name, addrs, None).await;
+            return self.fetch(peer, name, addrs, None, expect).await;
         };
         let key = (peer, id);
         loop {
@@ -196,13 +218,19 @@ impl Fetcher {
                 Join::Leader(leader) => {
                     if let Some(reader) = self.cached(key).await? {
                         leader.complete(Outcome::Cached);
+                        if let Some(e) = broken(reader.meta().hash, &name) {
+                            return Err(e);
+                        }
                         return Ok(Fetched::Cached { reader });
                     }
-                    return self.fetch(peer, name, addrs, Some(leader)).await;
+                    return self.fetch(peer, name, addrs, Some(leader), expect).await;
                 }
                 Join::Follower(follower) => match follower.wait().await {
                     Ok(Outcome::Cached) => {
                         if let Some(reader) = self.cached(key).await? {
+                            if let Some(e) = broken(reader.meta().hash, &name) {
+                                return Err(e);
+                            }
                             return Ok(Fetched::Cached { reader });
                         }
                         // Evicted meanwhile: fetch again.
@@ -226,19 +254,22 @@ impl Fetcher {
         transfer::exists(stream, peer, &name, self.timeouts()).await
     }
 
-    /// Make `peer` remove `name`, and drop this daemon's cached copy of it.
-    /// Whether the peer had it.
+    /// Make `peer` remove `name` (a native object needs its `owner`
+    /// capability), and drop this daemon's cached copy of it. Whether the
+    /// peer had it.
     pub async fn evict(
         &self,
         peer: PeerId,
         name: RemoteName,
         addrs: &[Multiaddr],
+        owner: Option<OwnerCap>,
     ) -> Result<bool, MeshError> {
+        // Our cached copy is ours to drop, whatever the peer answers.
         if let RemoteName::Native(id) = name {
             self.drop_cached((peer, id)).await?;
         }
         let (stream, _) = self.inner.opener.open(peer, addrs).await?;
-        transfer::evict(stream, peer, &name, self.timeouts()).await
+        transfer::evict(stream, peer, &name, owner, self.timeouts()).await
     }
 
     /// Store `body` (exactly `size` bytes) as `name` at `peer` (forwarded
@@ -319,12 +350,23 @@ impl Fetcher {
         name: RemoteName,
         addrs: &[Multiaddr],
         leader: Option<Leader<CacheKey, Outcome>>,
+        expect: Option<blake3::Hash>,
     ) -> Result<Fetched, MeshError> {
         let timeouts = self.timeouts();
         let started = async {
             let (stream, path) = self.inner.opener.open(peer, addrs).await?;
             self.inner.transfers.fetch_add(1, Ordering::Relaxed);
             let body = transfer::get(stream, peer, &name, 0, None, timeouts).await?;
+            if let Some(want) = expect.filter(|w| *w != body.hash()) {
+                return Err(MeshError::Corrupt {
+                    peer,
+                    id: name.clone(),
+                    reason: format!(
+                        "the ticket promises BLAKE3 {want}, the peer announced {}",
+                        body.hash()
+                    ),
+                });
+            }
             Ok::<_, MeshError>((body, path))
         }
         .await;

@@ -96,6 +96,8 @@ pub struct MeshConfig {
     pub directory_refresh: Duration,
     /// Fetching, verification and caching.
     pub fetch: fetcher::FetchConfig,
+    /// Serving other members (timeouts, write quota).
+    pub serve: transfer::ServeConfig,
 }
 
 impl Default for MeshConfig {
@@ -109,6 +111,7 @@ impl Default for MeshConfig {
             connect_timeout: Duration::from_secs(20),
             hole_punch_timeout: Duration::from_secs(8),
             directory_refresh: Duration::from_secs(60),
+            serve: transfer::ServeConfig::default(),
             fetch: fetcher::FetchConfig::default(),
         }
     }
@@ -140,6 +143,7 @@ impl Mesh {
     /// `storage` to members.
     pub async fn start(
         keypair: Keypair,
+        owners: Arc<crate::identity::OwnerSecret>,
         storage: Arc<Storage>,
         config: MeshConfig,
     ) -> anyhow::Result<Self> {
@@ -258,12 +262,14 @@ impl Mesh {
             .clone()
             .accept(protocol::PROTOCOL)
             .map_err(|e| anyhow::anyhow!("cannot serve the fetch protocol: {e}"))?;
-        tokio::spawn(transfer::serve(
-            incoming,
+        let server = transfer::Server::new(
             storage.clone(),
             gate.clone(),
             dropper.clone(),
-        ));
+            Some(owners),
+            config.serve,
+        );
+        tokio::spawn(transfer::serve(incoming, Arc::new(server)));
         let (tx, rx) = mpsc::unbounded_channel();
         let parts = swarm::DriverParts {
             shared: shared.clone(),

@@ -9,8 +9,15 @@
 //! |------------------------|-----------------------------------------------|
 //! | `Get { name, offset, len }` | `Object { size, hash, offset, len }` + `len` raw bytes, or `NotFound` / `Refused` |
 //! | `Exists { name }`      | `Exists(bool)`                                |
-//! | `Evict { name }`       | `Evicted(bool)`                               |
+//! | `Evict { name }`       | `Evicted(bool)`, or `Refused` for a native object (evicting one needs its owner capability) |
 //! | `Put { name, size }` + `size` raw bytes | `Stored { size, hash }` or `Refused` |
+//! | `EvictOwned { name, owner }` | `Evicted(bool)`, or `Refused` if `owner` is not the object's owner capability |
+//!
+//! The server answers only members of its mesh (others get `Refused` and are
+//! dropped). A ticket lets a member read (`Get`, `Exists`); evicting a
+//! native object needs its owner capability. ProxyStore endpoint keys keep
+//! ProxyStore's contract (whoever holds the key may evict it); a `Put` may
+//! not overwrite another writer's key and is bounded by a per-peer quota.
 //!
 //! After its answer the server closes the stream. Everything here is pure
 //! framing over futures' `AsyncRead`/`AsyncWrite` (which `libp2p::Stream`
@@ -89,6 +96,14 @@ pub enum Request {
         name: RemoteName,
         /// Number of bytes that follow.
         size: u64,
+    },
+    /// Remove the object, presenting its owner capability. (Appended last,
+    /// so the earlier requests keep their encoding.)
+    EvictOwned {
+        /// The object.
+        name: RemoteName,
+        /// Its owner capability.
+        owner: [u8; 16],
     },
 }
 

@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use proxymesh::membership::Gate;
+use proxymesh::OwnerCap;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt};
 
 use super::members::Dropper;
@@ -32,7 +33,8 @@ use super::protocol::{
     Response,
 };
 use super::MeshError;
-use crate::storage::{ChunkStream, ObjectReader, Storage, StorageError};
+use crate::identity::OwnerSecret;
+use crate::storage::{ChunkStream, ObjectName, ObjectReader, Storage, StorageError};
 
 /// Size of the pieces bytes are read, sent and handed out in.
 pub const CHUNK: usize = 256 * 1024;
@@ -44,6 +46,9 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     /// Longest a single write to, or read from, the requester may stall.
     pub stall_timeout: Duration,
+    /// Most bytes of ProxyStore objects one peer may keep stored here
+    /// through forwarded sets.
+    pub peer_write_quota: u64,
 }
 
 impl Default for ServeConfig {
@@ -51,32 +56,107 @@ impl Default for ServeConfig {
         Self {
             request_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(60),
+            peer_write_quota: 4 << 30,
         }
     }
 }
 
-/// Serve inbound fetch-protocol streams from `storage` to the members of
-/// `gate` with the default [`ServeConfig`], until `incoming` ends.
-pub async fn serve(
-    incoming: libp2p_stream::IncomingStreams,
-    storage: Arc<Storage>,
-    gate: Arc<Gate>,
-    dropper: Dropper,
-) {
-    serve_with(incoming, storage, gate, dropper, ServeConfig::default()).await
+/// The fetch-protocol server: what it serves from, and who may do what.
+pub struct Server {
+    /// The objects.
+    pub storage: Arc<Storage>,
+    /// Who is served (members of our mesh).
+    pub gate: Arc<Gate>,
+    /// Where refused peers go to be dropped.
+    pub dropper: Dropper,
+    /// Checks owner capabilities of native objects (`None`: no remote evicts).
+    pub owners: Option<Arc<OwnerSecret>>,
+    /// Limits.
+    pub config: ServeConfig,
+    /// ProxyStore keys stored here by other daemons.
+    writes: RemoteWrites,
 }
 
-/// [`serve`] with explicit limits. A stream from a peer that has not proved
-/// membership is answered `Refused`, and the peer is handed to `dropper`.
-/// Requests are answered in tasks owned by this future: when it is dropped
-/// (the daemon stops), every transfer it serves stops too.
-pub async fn serve_with(
-    mut incoming: libp2p_stream::IncomingStreams,
-    storage: Arc<Storage>,
-    gate: Arc<Gate>,
-    dropper: Dropper,
-    config: ServeConfig,
-) {
+impl Server {
+    /// A server of `storage` to the members of `gate`.
+    pub fn new(
+        storage: Arc<Storage>,
+        gate: Arc<Gate>,
+        dropper: Dropper,
+        owners: Option<Arc<OwnerSecret>>,
+        config: ServeConfig,
+    ) -> Self {
+        Self {
+            storage,
+            gate,
+            dropper,
+            owners,
+            config,
+            writes: RemoteWrites::default(),
+        }
+    }
+}
+
+/// Who stored which ProxyStore key here through the mesh, and how much:
+/// a writer may replace only its own keys, within its quota.
+#[derive(Debug, Default)]
+struct RemoteWrites {
+    by_key: std::sync::Mutex<std::collections::HashMap<String, (PeerId, u64)>>,
+}
+
+impl RemoteWrites {
+    /// May `peer` store `size` bytes under `key`? Forgets keys evicted meanwhile.
+    fn admit(
+        &self,
+        storage: &Storage,
+        peer: PeerId,
+        key: &str,
+        size: u64,
+        quota: u64,
+    ) -> Result<(), String> {
+        let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|k, _| storage.contains(&ObjectName::Endpoint(k.clone())));
+        let exists = storage.contains(&ObjectName::Endpoint(key.to_string()));
+        let replaced = match map.get(key) {
+            Some((writer, bytes)) if *writer == peer => *bytes,
+            Some(_) => {
+                return Err(format!(
+                    "key {key} was stored by another daemon; only it may replace it"
+                ))
+            }
+            None if exists => {
+                return Err(format!(
+                    "key {key} belongs to this site; another daemon may not replace it"
+                ))
+            }
+            None => 0,
+        };
+        let used: u64 = map
+            .values()
+            .filter(|(p, _)| *p == peer)
+            .map(|(_, b)| *b)
+            .sum();
+        if used - replaced + size > quota {
+            return Err(format!(
+                "peer {peer} already keeps {used} bytes here; {size} more exceed its quota of {quota} bytes (evict some first)"
+            ));
+        }
+        Ok(())
+    }
+
+    fn record(&self, peer: PeerId, key: &str, size: u64) {
+        let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(key.to_string(), (peer, size));
+    }
+}
+
+/// Serve inbound fetch-protocol streams with `server`, until `incoming` ends.
+/// A stream from a peer that has not proved membership is answered
+/// `Refused`, and the peer is handed to the dropper. Requests are answered
+/// in tasks owned by this future: when it is dropped (the daemon stops),
+/// every transfer it serves stops too.
+pub async fn serve(mut incoming: libp2p_stream::IncomingStreams, server: Arc<Server>) {
+    let config = server.config;
     let mut handlers = tokio::task::JoinSet::new();
     loop {
         let next = tokio::select! {
@@ -87,11 +167,11 @@ pub async fn serve_with(
         let Some((peer, mut stream)) = next else {
             break;
         };
-        if !gate.is_member(&peer, SystemTime::now()) {
+        if !server.gate.is_member(&peer, SystemTime::now()) {
             let reason =
                 "not a member of this mesh: present a credential on the member protocol first";
             tracing::warn!(%peer, "refused a fetch-protocol request: {reason}");
-            let dropper = dropper.clone();
+            let dropper = server.dropper.clone();
             handlers.spawn(async move {
                 let _ = tokio::time::timeout(config.request_timeout, async {
                     let _ = read_request(&mut stream).await;
@@ -105,9 +185,9 @@ pub async fn serve_with(
             });
             continue;
         }
-        let storage = Arc::clone(&storage);
+        let server = Arc::clone(&server);
         handlers.spawn(async move {
-            if let Err(e) = handle(peer, stream, &storage, config).await {
+            if let Err(e) = handle(peer, stream, &server).await {
                 tracing::debug!(%peer, error = %e, "fetch-protocol request failed");
             }
         });
@@ -116,17 +196,13 @@ pub async fn serve_with(
     while handlers.join_next().await.is_some() {}
 }
 
-/// Answer one request on `stream` from `storage`. Public so other transports
-/// (and tests) can reuse the server side.
-pub async fn handle<S>(
-    peer: PeerId,
-    mut stream: S,
-    storage: &Storage,
-    config: ServeConfig,
-) -> io::Result<()>
+/// Answer one request of member `peer` on `stream`. Public so other
+/// transports (and tests) can reuse the server side.
+pub async fn handle<S>(peer: PeerId, mut stream: S, server: &Server) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (storage, config) = (&*server.storage, server.config);
     let request =
         match tokio::time::timeout(config.request_timeout, read_request(&mut stream)).await {
             Err(_) => return Err(timed_out("waiting for the request")),
@@ -152,18 +228,46 @@ where
             send_answer(&mut stream, &Response::Exists(found), config).await
         }
         Request::Evict { name } => {
-            let answer = match storage.evict(&name.object_name()).await {
-                Ok(evicted) => {
-                    tracing::info!(%peer, %name, evicted, "evicted on request of a peer");
-                    Response::Evicted(evicted)
-                }
-                Err(e) => Response::Refused(e.to_string()),
-            };
+            let answer = serve_evict(peer, server, &name, None).await;
             send_answer(&mut stream, &answer, config).await
         }
-        Request::Put { name, size } => {
-            serve_put(peer, &mut stream, storage, name, size, config).await
+        Request::EvictOwned { name, owner } => {
+            let answer = serve_evict(peer, server, &name, Some(OwnerCap(owner))).await;
+            send_answer(&mut stream, &answer, config).await
         }
+        Request::Put { name, size } => serve_put(peer, &mut stream, server, name, size).await,
+    }
+}
+
+/// Evicting a native object needs its owner capability; a ProxyStore key
+/// may be evicted by any member holding it (ProxyStore's contract).
+async fn serve_evict(
+    peer: PeerId,
+    server: &Server,
+    name: &RemoteName,
+    owner: Option<OwnerCap>,
+) -> Response {
+    if let RemoteName::Native(id) = name {
+        let owns = match (&server.owners, &owner) {
+            (Some(secret), Some(cap)) => secret.verify(id, cap),
+            _ => false,
+        };
+        if !owns {
+            let why = if owner.is_some() {
+                "that is not the object's owner capability"
+            } else {
+                "evicting needs the object's owner capability; a ticket only reads"
+            };
+            tracing::warn!(%peer, %name, "refused an evict: {why}");
+            return Response::Refused(format!("{why} (object {name})"));
+        }
+    }
+    match server.storage.evict(&name.object_name()).await {
+        Ok(evicted) => {
+            tracing::info!(%peer, %name, evicted, "evicted on request of a peer");
+            Response::Evicted(evicted)
+        }
+        Err(e) => Response::Refused(e.to_string()),
     }
 }
 
@@ -246,16 +350,26 @@ where
 async fn serve_put<S>(
     peer: PeerId,
     stream: &mut S,
-    storage: &Storage,
+    server: &Server,
     name: RemoteName,
     size: u64,
-    config: ServeConfig,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if let RemoteName::Native(_) = name {
-        let why = "only ProxyStore endpoint keys can be stored by another daemon".to_string();
+    let (storage, config) = (&*server.storage, server.config);
+    let key = match &name {
+        RemoteName::Native(_) => {
+            let why = "only ProxyStore endpoint keys can be stored by another daemon".to_string();
+            return send_answer(stream, &Response::Refused(why), config).await;
+        }
+        RemoteName::Endpoint(key) => key.clone(),
+    };
+    if let Err(why) = server
+        .writes
+        .admit(storage, peer, &key, size, config.peer_write_quota)
+    {
+        tracing::warn!(%peer, %name, size, "refused a put: {why}");
         return send_answer(stream, &Response::Refused(why), config).await;
     }
     let mut writer = match storage.writer(name.object_name(), Some(size)) {
@@ -287,6 +401,7 @@ where
     let answer = match writer.commit().await {
         Ok(meta) => {
             tracing::info!(%peer, %name, size, "stored on request of a peer");
+            server.writes.record(peer, &key, meta.size);
             Response::Stored {
                 size: meta.size,
                 hash: *meta.hash.as_bytes(),
@@ -719,12 +834,19 @@ pub async fn evict<S>(
     mut stream: S,
     peer: PeerId,
     name: &RemoteName,
+    owner: Option<OwnerCap>,
     timeouts: Timeouts,
 ) -> Result<bool, MeshError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let req = Request::Evict { name: name.clone() };
+    let req = match owner {
+        Some(cap) => Request::EvictOwned {
+            name: name.clone(),
+            owner: cap.0,
+        },
+        None => Request::Evict { name: name.clone() },
+    };
     match ask(&mut stream, peer, &req, name, timeouts.header).await? {
         Response::Evicted(b) => Ok(b),
         other => Err(common(peer, name, "evict", other)),

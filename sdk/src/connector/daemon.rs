@@ -436,7 +436,7 @@ impl Connector for DaemonConnector {
 
     async fn evict(&self, key: &Key) -> Result<()> {
         let resp = self
-            .send(Method::DELETE, api::object_path(key), empty(), None)
+            .send(Method::DELETE, api::owner_path(key), empty(), None)
             .await?;
         match resp.status() {
             s if s.is_success() || s == StatusCode::NOT_FOUND => {

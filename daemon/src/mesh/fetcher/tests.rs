@@ -15,6 +15,7 @@ use tempfile::TempDir;
 use tokio::task::JoinHandle;
 
 use super::*;
+use crate::identity::OwnerSecret;
 use crate::mesh::protocol::{self, Response, PROTOCOL};
 use crate::mesh::transfer::{RateFloor, ServeConfig, CHUNK};
 use crate::storage::{Location, StorageConfig};
@@ -167,6 +168,8 @@ struct Producer {
     storage: Arc<Storage>,
     /// Peers the server refused and asked to drop.
     drops: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(PeerId, String)>>,
+    /// Derives its objects' owner capabilities.
+    owners: Arc<OwnerSecret>,
     _server: Task,
     _dir: TempDir,
 }
@@ -183,18 +186,22 @@ impl Producer {
         let config = ServeConfig {
             request_timeout: Duration::from_secs(2),
             stall_timeout: Duration::from_secs(5),
+            peer_write_quota: 8 * MIB as u64,
         };
         let (dropper, drops) = tokio::sync::mpsc::unbounded_channel();
-        let server = tokio::spawn(transfer::serve_with(
-            incoming,
+        let owners = Arc::new(OwnerSecret::from_bytes(rand::random()));
+        let server = transfer::Server::new(
             storage.clone(),
             Arc::new(Gate::new(policy)),
             dropper,
+            Some(owners.clone()),
             config,
-        ));
+        );
+        let server = tokio::spawn(transfer::serve(incoming, Arc::new(server)));
         Producer {
             node,
             storage,
+            owners,
             drops: tokio::sync::Mutex::new(drops),
             _server: Task(server),
             _dir: dir,
@@ -517,14 +524,112 @@ async fn exists_and_evict_reach_the_producer_and_drop_the_cached_copy() {
         .unwrap();
     assert!(consumer.cached(peer, id));
 
-    assert!(f.evict(peer, name.clone(), &[]).await.unwrap());
+    // A ticket only reads: evicting without the owner capability, or with
+    // another object's, is refused and changes nothing at the producer.
+    let err = f.evict(peer, name.clone(), &[], None).await.unwrap_err();
+    assert!(matches!(err, MeshError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("owner capability"), "{err}");
+    let other = producer.owners.cap(&ObjectId::random());
+    assert!(f.evict(peer, name.clone(), &[], Some(other)).await.is_err());
+    assert!(producer.storage.contains(&ObjectName::Native(id)));
+    read_fetched(f.get(peer, name.clone(), &[]).await.unwrap())
+        .await
+        .unwrap();
+
+    let cap = Some(producer.owners.cap(&id));
+    assert!(f.evict(peer, name.clone(), &[], cap).await.unwrap());
     assert!(!producer.storage.contains(&ObjectName::Native(id)));
     assert!(!consumer.cached(peer, id), "the cached copy went too");
     assert_eq!(f.cached_bytes(), 0);
     assert!(!f.exists(peer, name.clone(), &[]).await.unwrap());
-    assert!(!f.evict(peer, name.clone(), &[]).await.unwrap());
+    assert!(!f.evict(peer, name.clone(), &[], cap).await.unwrap());
     let err = f.get(peer, name, &[]).await.unwrap_err();
     assert!(matches!(err, MeshError::NotFound { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn the_bytes_must_be_what_the_ticket_promised() {
+    let producer = Producer::start(MIB, 64 * KIB).await;
+    let consumer = Consumer::start(&producer.node, test_config()).await;
+    let peer = producer.node.peer;
+    let data = pattern(200 * KIB, 12);
+    let id = producer.put_native(&data).await;
+    let name = RemoteName::Native(id);
+    // A ticket promising other bytes: refused before any byte is handed out.
+    let wrong = Some(blake3::hash(b"something else"));
+    let err = consumer
+        .fetcher
+        .get_checked(peer, name.clone(), &[], wrong)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MeshError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("promises"), "{err}");
+    assert!(!consumer.cached(peer, id));
+    // The right promise streams, is cached, and the cached copy is checked too.
+    let right = Some(blake3::hash(&data));
+    for _ in 0..2 {
+        let f = consumer
+            .fetcher
+            .get_checked(peer, name.clone(), &[], right)
+            .await
+            .unwrap();
+        assert_eq!(read_fetched(f).await.unwrap(), data);
+    }
+    assert!(consumer.cached(peer, id));
+    assert!(consumer
+        .fetcher
+        .get_checked(peer, name, &[], wrong)
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn forwarded_sets_replace_only_their_own_keys_within_a_quota() {
+    // The producer's quota is 8 MiB per peer (see Producer::start_gated).
+    let producer = Producer::start(16 * MIB, 64 * KIB).await;
+    let peer = producer.node.peer;
+    let alice = Consumer::start(&producer.node, test_config()).await;
+    let mallory = Consumer::start(&producer.node, test_config()).await;
+    let body =
+        |d: Vec<u8>| -> ChunkStream { Box::pin(futures::stream::iter([Ok(Bytes::from(d))])) };
+    let put = |c: &Consumer, key: &str, d: Vec<u8>| {
+        let (f, key, len) = (
+            c.fetcher.clone(),
+            RemoteName::Endpoint(key.into()),
+            d.len() as u64,
+        );
+        let b = body(d);
+        async move { f.put(peer, key, &[], b, len).await }
+    };
+    let stored = |key: &str| {
+        producer
+            .storage
+            .meta(&ObjectName::Endpoint(key.into()))
+            .map(|m| m.hash)
+    };
+    put(&alice, "alices", pattern(1000, 1)).await.unwrap();
+    // Alice may replace her own key; Mallory may not.
+    put(&alice, "alices", pattern(2000, 2)).await.unwrap();
+    let err = put(&mallory, "alices", pattern(10, 3)).await.unwrap_err();
+    assert!(matches!(err, MeshError::Refused { .. }), "{err}");
+    assert_eq!(stored("alices"), Some(blake3::hash(&pattern(2000, 2))));
+    // A key this site stored itself is not anybody else's to replace.
+    producer
+        .put(ObjectName::Endpoint("local".into()), &pattern(100, 4))
+        .await;
+    assert!(put(&alice, "local", pattern(10, 5)).await.is_err());
+    assert_eq!(stored("local"), Some(blake3::hash(&pattern(100, 4))));
+    // The quota counts what a peer keeps here, replacements included.
+    put(&mallory, "m1", pattern(5 * MIB, 6)).await.unwrap();
+    let err = put(&mallory, "m2", pattern(4 * MIB, 7)).await.unwrap_err();
+    assert!(err.to_string().contains("quota"), "{err}");
+    assert!(stored("m2").is_none());
+    put(&mallory, "m1", pattern(7 * MIB, 8)).await.unwrap();
+    // Once evicted, the room is free again; Alice's quota is her own.
+    let m1 = RemoteName::Endpoint("m1".into());
+    assert!(mallory.fetcher.evict(peer, m1, &[], None).await.unwrap());
+    put(&mallory, "m2", pattern(4 * MIB, 9)).await.unwrap();
+    put(&alice, "a2", pattern(6 * MIB, 10)).await.unwrap();
 }
 
 #[tokio::test]
@@ -1014,7 +1119,12 @@ async fn non_members_are_refused_and_dropped() {
     // Exists and evict are refused the same way, and the object stays.
     assert!(consumer
         .fetcher
-        .evict(producer.node.peer, RemoteName::Native(id), &[])
+        .evict(
+            producer.node.peer,
+            RemoteName::Native(id),
+            &[],
+            Some(producer.owners.cap(&id))
+        )
         .await
         .is_err());
     assert!(producer.storage.contains(&ObjectName::Native(id)));
