@@ -623,3 +623,142 @@ pub fn spawn_self(args: &[&str]) -> (Child, String) {
         .expect("read the helper's first line");
     (child, line.trim().to_string())
 }
+
+/// Run `cmd` (`useradd`, `userdel`, ...) until it succeeds, retrying while
+/// another process holds the user database's lock. Panics with its output
+/// after ~10 s of failures.
+fn run_retrying(cmd: &mut Command) {
+    let mut last = String::new();
+    for _ in 0..100 {
+        match cmd.output() {
+            Ok(o) if o.status.success() => return,
+            Ok(o) => {
+                last = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{cmd:?} failed: {last}");
+}
+
+/// A unique name for a throw-away user or group (`pmt<pid><n><tag>`, at
+/// most 31 characters).
+fn temp_account_name(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let mut name = format!("pmt{}x{n}{tag}", std::process::id());
+    name.truncate(31);
+    name
+}
+
+/// A throw-away Unix group (`groupadd -r`), deleted when dropped. Needs root.
+#[derive(Debug)]
+pub struct TempGroup {
+    /// Its name.
+    pub name: String,
+    /// Its gid.
+    pub gid: u32,
+}
+
+impl TempGroup {
+    /// Create a group with a unique name containing `tag`.
+    pub fn create(tag: &str) -> Self {
+        let name = temp_account_name(tag);
+        run_retrying(Command::new("groupadd").args(["-r", &name]));
+        // Deleted on drop from here on, whatever happens next.
+        let mut group = Self { gid: 0, name };
+        group.gid = Command::new("getent")
+            .args(["group", &group.name])
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split(':')
+                    .nth(2)
+                    .and_then(|g| g.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no gid for new group {}", group.name));
+        group
+    }
+}
+
+impl Drop for TempGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.name).output();
+    }
+}
+
+/// A throw-away Unix user (`useradd -M -r`, no home directory, no login
+/// shell, its own private group), deleted when dropped, even when the test
+/// fails. Needs root (see [`require_root`]).
+#[derive(Debug)]
+pub struct TempUser {
+    /// Its login name.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+}
+
+impl TempUser {
+    /// Create a user with a unique name containing `tag`, also a member of
+    /// `groups` (supplementary groups, by name).
+    pub fn create(tag: &str, groups: &[&str]) -> Self {
+        let name = temp_account_name(tag);
+        let mut cmd = Command::new("useradd");
+        cmd.args(["-M", "-r", "-U", "-s", "/usr/sbin/nologin"]);
+        if !groups.is_empty() {
+            cmd.args(["-G", &groups.join(",")]);
+        }
+        run_retrying(cmd.arg(&name));
+        // Deleted on drop from here on, whatever happens next.
+        let mut user = Self {
+            name,
+            uid: u32::MAX,
+            gid: u32::MAX,
+        };
+        let name = user.name.clone();
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id")
+                .args([flag, &name])
+                .output()
+                .expect("run id");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("id {flag} {name} failed"))
+        };
+        user.uid = id("-u");
+        user.gid = id("-g");
+        user
+    }
+
+    /// `program` to run as this user (uid and primary gid; no supplementary
+    /// groups), in `/` with `HOME=/` and without proxymesh's environment.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(program);
+        cmd.uid(self.uid)
+            .gid(self.gid)
+            .current_dir("/")
+            .env("HOME", "/")
+            .env_remove("PROXYMESH_API")
+            .env_remove("PROXYMESH_TRUST_UID");
+        cmd
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").args(["-f", &self.name]).output();
+        // The private group goes with the user; make sure.
+        let _ = Command::new("groupdel").arg(&self.name).output();
+    }
+}

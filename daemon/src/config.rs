@@ -11,6 +11,7 @@
 //! persist = false
 //! proxystore_name = "site-a"    # also register as a ProxyStore endpoint
 //! log = "info"
+//! api_group = "hpc-project"     # its members may use the local API too (else only this user)
 //!
 //! # the mesh (enabled by `relays` or `listen_port`)
 //! credential = "pmc1..."        # from the mesh operator's `proxymesh mesh admit`
@@ -92,6 +93,9 @@ pub struct Config {
     /// through forwarded sets.
     #[serde(with = "size")]
     pub peer_write_quota: u64,
+    /// A Unix group (name or gid) whose members may use the local API
+    /// besides the daemon's own user.
+    pub api_group: Option<String>,
 }
 
 impl Default for Config {
@@ -119,6 +123,7 @@ impl Default for Config {
                 .directory_refresh
                 .as_secs_f64(),
             peer_write_quota: crate::mesh::MeshConfig::default().serve.peer_write_quota,
+            api_group: None,
         }
     }
 }

@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use libp2p_identity::PeerId;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -47,6 +46,8 @@ pub mod identity;
 pub mod mesh;
 pub mod storage;
 
+use api::peer::Access;
+use api::server::ApiOptions;
 use api::AppState;
 use config::Config;
 use identity::{DirLock, Identity};
@@ -68,9 +69,27 @@ pub struct Daemon {
 
 impl Daemon {
     /// Start a daemon: lock the data directory, load the identity, open
-    /// storage and start serving the local API.
+    /// storage and start serving the local API, with the default
+    /// [`ApiOptions`] (loopback only, the daemon's own user only).
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let api = ApiOptions {
+            group: config.api_group.clone(),
+            ..ApiOptions::default()
+        };
+        Self::start_with(config, api).await
+    }
+
+    /// [`start`](Self::start) with explicit local API options: who may use
+    /// it besides the daemon's user, whether a non-loopback address is
+    /// allowed, connection cap and timeouts. Refuses a non-loopback
+    /// `config.api` unless `api.allow_remote`, and an unknown `api.group`.
+    pub async fn start_with(config: Config, api: ApiOptions) -> anyhow::Result<Self> {
         config.validate()?;
+        api.check_addr(config.api)?;
+        let access = Arc::new(Access::new(api.group.as_deref())?);
+        if let Some(group) = access.group() {
+            tracing::info!(group = %group.name, gid = group.gid, "the local API also serves this group's members");
+        }
         let lock = DirLock::acquire(&config.data_dir)?;
         let identity = Identity::load_or_create(&config.data_dir)?;
         let storage =
@@ -112,15 +131,11 @@ impl Daemon {
         });
         let app = api::router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
+            api::server::serve(listener, app, access, &api, async move {
+                let _ = stopped.await;
+            })
+            .await
         });
         tracing::info!(peer_id = %identity.peer_id(), api = %api_addr, "proxymeshd started");
         Ok(Self {

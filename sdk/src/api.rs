@@ -275,6 +275,9 @@ pub enum ErrorCode {
     Corrupt,
     /// The daemon holding the object refused or broke the request.
     PeerError,
+    /// The caller may not use this daemon's local API: another Unix user's
+    /// connection, a non-loopback `Host`, or a request from a web browser.
+    Forbidden,
     /// Anything else (I/O failure on the daemon's side).
     Internal,
 }

@@ -74,6 +74,7 @@ mod error;
 pub mod factory;
 mod key;
 pub mod keyfile;
+pub mod localpeer;
 pub mod membership;
 pub mod metrics;
 pub mod proxy;

@@ -2,12 +2,32 @@
 //! [`proxymesh::api`]) and ProxyStore 1.x's endpoint routes, served by axum on
 //! a loopback address. Handlers are thin: they parse input, stream bodies
 //! into and out of [`Storage`], and map failures to clear 4xx/5xx answers.
+//!
+//! # Who may use it
+//!
+//! The API belongs to the daemon's Unix user (and, optionally, one group the
+//! operator names); native and ProxyStore routes alike. It is enforced in
+//! three places:
+//! - [`server`]: the listener is loopback only (unless explicitly allowed),
+//!   and every accepted connection's caller is identified by the kernel
+//!   ([`peer`]); other users get 403 and the connection closes. Connection
+//!   count, header and idle timeouts are bounded there too.
+//! - [`router`]'s first layer ([`browser_guard`]): requests whose `Host`
+//!   is not a loopback address or `localhost` (DNS rebinding), or that come
+//!   from a web browser (an `Origin` header, or `Sec-Fetch-Site:
+//!   cross-site`/`same-site`) get 403. The SDK and ProxyStore's Python
+//!   client send neither.
+//! - the SDK checks the other way round that the server is the daemon of its
+//!   own user ([`proxymesh::localpeer`]), so a squatter on the port gets
+//!   nothing.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::header::{HOST, ORIGIN};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,7 +40,9 @@ use uuid::Uuid;
 use crate::storage::{ObjectName, ObjectWriter, Storage, StorageError};
 
 mod native;
+pub mod peer;
 mod proxystore;
+pub mod server;
 
 /// Chunk size for streaming objects out of disk files.
 pub const STREAM_CHUNK: usize = 256 * 1024;
@@ -87,7 +109,103 @@ pub fn router(state: Arc<AppState>) -> Router {
     streaming
         .merge(small)
         .fallback(not_routed)
+        .layer(axum::middleware::from_fn(browser_guard))
         .with_state(state)
+}
+
+/// Refuse requests a web page could have made (see [`check_origin`]),
+/// before any route sees them.
+pub async fn browser_guard(req: Request, next: Next) -> Response {
+    if let Err(failure) = check_origin(req.headers(), req.uri()) {
+        tracing::warn!(uri = %req.uri(), "refused a request: {}", failure.message());
+        let mut body = req.into_body().into_data_stream();
+        drain(&mut body).await;
+        return failure.into_response();
+    }
+    next.run(req).await
+}
+
+/// `Sec-Fetch-Site`, sent by browsers.
+const SEC_FETCH_SITE: &str = "sec-fetch-site";
+
+/// Check that a request names this machine's loopback and does not come
+/// from a web browser:
+/// - `Host` (and an absolute request URI's authority) must be a loopback
+///   literal (`127.x.y.z`, `[::1]`) or `localhost`, with any port: a page
+///   that rebinds its DNS name to 127.0.0.1 still sends its own name;
+/// - no `Origin` header (browsers send it on cross-origin and on all
+///   non-GET requests; our clients never do);
+/// - no `Sec-Fetch-Site: cross-site` or `same-site`.
+///
+/// A request without `Host` (HTTP/1.0) passes: browsers always send one.
+pub fn check_origin(headers: &HeaderMap, uri: &Uri) -> Result<(), Failure> {
+    let mut hosts = headers.get_all(HOST).iter();
+    if let Some(host) = hosts.next() {
+        if hosts.next().is_some() {
+            return Err(Failure::forbidden(
+                "refused: more than one Host header".to_string(),
+            ));
+        }
+        let host = String::from_utf8_lossy(host.as_bytes());
+        if !is_loopback_host(&host) {
+            return Err(Failure::forbidden(format!(
+                "refused: Host {host:?} is not a loopback address or localhost; the local API \
+                 answers only requests addressed to this machine's loopback (a web page using \
+                 DNS rebinding would name its own host)"
+            )));
+        }
+    }
+    if let Some(authority) = uri.authority() {
+        if !is_loopback_host(authority.as_str()) {
+            return Err(Failure::forbidden(format!(
+                "refused: request URI names {authority}, not a loopback address or localhost"
+            )));
+        }
+    }
+    if let Some(origin) = headers.get(ORIGIN) {
+        return Err(Failure::forbidden(format!(
+            "refused: a request with an Origin header ({}) comes from a web browser; the local \
+             API does not serve web pages",
+            String::from_utf8_lossy(origin.as_bytes())
+        )));
+    }
+    if let Some(site) = headers.get(SEC_FETCH_SITE) {
+        let site = site.as_bytes();
+        if site.eq_ignore_ascii_case(b"cross-site") || site.eq_ignore_ascii_case(b"same-site") {
+            return Err(Failure::forbidden(
+                "refused: a cross-site request from a web browser (Sec-Fetch-Site); the local \
+                 API does not serve web pages"
+                    .to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `host` (a `Host` value: name or address, optional `:port`) is a
+/// loopback literal or `localhost`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let valid_port =
+        |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = host.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(valid_port);
+        return port_ok
+            && ip
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok_and(|ip| std::net::IpAddr::V6(ip).to_canonical().is_loopback());
+    }
+    let name = match host.split_once(':') {
+        Some((name, port)) if valid_port(port) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn not_routed() -> Failure {
@@ -115,6 +233,11 @@ impl Failure {
                 error: msg.into(),
             },
         }
+    }
+
+    /// 403 Forbidden: the caller may not use this daemon's API.
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, msg)
     }
 
     /// 400 Bad Request.
@@ -297,4 +420,95 @@ pub fn write_proxystore_config(
     let path = dir.join("config.toml");
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                axum::http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:7878",
+            "127.9.8.7:1",
+            "localhost",
+            "LocalHost:7878",
+            "[::1]",
+            "[::1]:7878",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:7878",
+            "localhost.evil.example",
+            "a.localhost",
+            "localhost.",
+            "127.0.0.1.evil.example",
+            "10.0.0.1:7878",
+            "0.0.0.0:7878",
+            "[::]:7878",
+            "[::1",
+            "[::1]7878",
+            "127.0.0.1:",
+            "127.0.0.1:x",
+            "127.0.0.1:7878:1",
+            "",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn browsers_and_foreign_hosts_are_refused() {
+        let uri: Uri = "/v1/status".parse().unwrap();
+        check_origin(&headers(&[("host", "127.0.0.1:7878")]), &uri).unwrap();
+        check_origin(&headers(&[]), &uri).unwrap();
+        check_origin(
+            &headers(&[("host", "localhost:7878"), ("sec-fetch-site", "none")]),
+            &uri,
+        )
+        .unwrap();
+        let refused = |h: &[(&str, &str)], uri: &Uri| {
+            let f = check_origin(&headers(h), uri).unwrap_err();
+            assert_eq!(f.status(), StatusCode::FORBIDDEN);
+            assert_eq!(f.body.code, ErrorCode::Forbidden);
+            f.message().to_string()
+        };
+        assert!(refused(&[("host", "evil.example")], &uri).contains("evil.example"));
+        assert!(refused(
+            &[
+                ("host", "127.0.0.1:7878"),
+                ("origin", "http://evil.example")
+            ],
+            &uri
+        )
+        .contains("Origin"));
+        assert!(refused(
+            &[("host", "127.0.0.1:7878"), ("sec-fetch-site", "cross-site")],
+            &uri
+        )
+        .contains("cross-site"));
+        refused(
+            &[("host", "127.0.0.1:7878"), ("sec-fetch-site", "same-site")],
+            &uri,
+        );
+        refused(&[("host", "127.0.0.1"), ("host", "evil.example")], &uri);
+        let absolute: Uri = "http://evil.example/v1/status".parse().unwrap();
+        assert!(refused(&[("host", "127.0.0.1")], &absolute).contains("evil.example"));
+    }
 }

@@ -102,6 +102,10 @@ struct Args {
     /// through forwarded sets [default: 4GiB].
     #[arg(long, env = "PROXYMESHD_PEER_WRITE_QUOTA", value_name = "SIZE", value_parser = parse_size)]
     peer_write_quota: Option<u64>,
+    /// A Unix group (name or gid) whose members may use the local API besides
+    /// this daemon's own user [default: none, only this user].
+    #[arg(long, env = "PROXYMESHD_API_GROUP", value_name = "GROUP")]
+    api_group: Option<String>,
     /// Create the identity in the data directory if needed, print its peer ID
     /// (what the mesh operator admits) and exit.
     #[arg(long)]
@@ -176,6 +180,9 @@ impl Args {
         }
         if let Some(v) = self.peer_write_quota {
             cfg.peer_write_quota = v;
+        }
+        if let Some(v) = self.api_group {
+            cfg.api_group = Some(v);
         }
         if self.print_peer_id {
             return Ok((cfg, None));

@@ -2,8 +2,11 @@
 //! its HTTP API ([`crate::api`]).
 
 use std::fmt;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +18,7 @@ use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -23,6 +26,7 @@ use super::{ByteStream, Connector, ConnectorConfig};
 use crate::api::{self, ApiError, ErrorCode};
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::localpeer::{self, TrustedUid};
 
 /// How long to wait for a TCP connection to the daemon.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,7 +37,7 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 
 type FrameStream = futures::stream::MapOk<ByteStream, fn(Bytes) -> Frame<Bytes>>;
 type ReqBody = Either<Full<Bytes>, StreamBody<FrameStream>>;
-type HttpClient = Client<HttpConnector, ReqBody>;
+type HttpClient = Client<CheckedConnector, ReqBody>;
 
 fn full(data: Bytes) -> ReqBody {
     Either::Left(Full::new(data))
@@ -49,13 +53,52 @@ fn streamed(stream: ByteStream) -> ReqBody {
     ))
 }
 
-fn new_client() -> HttpClient {
+fn new_client(trusted: TrustedUid) -> HttpClient {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(CONNECT_TIMEOUT));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
-        .build(conn)
+        .build(CheckedConnector {
+            inner: conn,
+            trusted,
+        })
+}
+
+/// Opens TCP connections to the daemon and, before the client writes a byte
+/// on one, checks who accepted it ([`localpeer::check_server`]): on
+/// loopback, the server socket must belong to our own effective uid (or the
+/// uid in [`localpeer::TRUST_UID_ENV`], besides). Another user's process squatting
+/// on the daemon's port is named in the error and receives nothing.
+#[derive(Clone)]
+struct CheckedConnector {
+    inner: HttpConnector,
+    trusted: TrustedUid,
+}
+
+type ConnectError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for CheckedConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = ConnectError;
+    type Future =
+        Pin<Box<dyn Future<Output = std::result::Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), ConnectError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let trusted = self.trusted;
+        Box::pin(async move {
+            let io = connecting.await?;
+            let tcp = io.inner();
+            let (local, server) = (tcp.local_addr()?, tcp.peer_addr()?);
+            localpeer::check_server(local, server, trusted)?;
+            Ok(io)
+        })
+    }
 }
 
 struct Inner {
@@ -78,6 +121,15 @@ struct Inner {
 /// called from within a tokio runtime. Large objects should go through
 /// [`put_stream`](Connector::put_stream) / [`get_stream`](Connector::get_stream),
 /// which never hold the whole object in memory.
+///
+/// Before a request is written on a new connection to a loopback address,
+/// the connector asks the kernel (Linux; see [`localpeer`]) whether the
+/// process that accepted it runs as our own effective uid: another user's process
+/// listening on the daemon's port (started before the daemon, or after it
+/// died) is refused with an [`Error::Unreachable`] naming that user, and
+/// receives no data. To use another user's daemon on purpose, set
+/// [`PROXYMESH_TRUST_UID`](localpeer::TRUST_UID_ENV) to that user's uid.
+/// Other operating systems and non-loopback addresses are not checked.
 #[derive(Clone)]
 pub struct DaemonConnector {
     inner: Arc<Inner>,
@@ -94,6 +146,9 @@ impl fmt::Debug for DaemonConnector {
 impl DaemonConnector {
     /// A connector for the daemon API at `addr`: `host:port` or
     /// `http://host:port`. Nothing is contacted until the first request.
+    /// Reads [`PROXYMESH_TRUST_UID`](localpeer::TRUST_UID_ENV) (whose daemon
+    /// to trust besides our own user's); a value that is not a uid is a
+    /// configuration error.
     pub fn new(addr: &str) -> Result<Self> {
         let trimmed = addr.trim();
         let rest = if let Some(rest) = trimmed.strip_prefix("http://") {
@@ -117,12 +172,13 @@ impl DaemonConnector {
                 "malformed daemon API address {addr:?}: expected host:port or http://host:port"
             )));
         }
+        let trusted = TrustedUid::from_env().map_err(Error::Config)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 api: format!("http://{authority}"),
                 authority,
-                client: new_client(),
-                sdk_client: new_client(),
+                client: new_client(trusted),
+                sdk_client: new_client(trusted),
             }),
         })
     }

@@ -1,0 +1,638 @@
+//! Serving the local API: the accept loop, built on hyper's HTTP/1 server.
+//!
+//! For each accepted connection, once:
+//! 1. `TCP_NODELAY` is set;
+//! 2. the caller is identified and checked ([`Access`]): another
+//!    user's connection is answered `403` (JSON [`ApiError`](proxymesh::api::ApiError), code
+//!    `forbidden`, naming both users) and closed;
+//! 3. it takes one of [`ApiOptions::max_connections`] slots (default 512).
+//!    When all are taken it waits up to [`CAP_WAIT`] for one, then is
+//!    answered `503` (code `internal`, "too many connections") and closed;
+//!    connections already served are unaffected.
+//!
+//! Refusals (403 and 503) are answered by a small lane of their own
+//! ([`REFUSAL_SLOTS`] at a time, one request each, [`ApiOptions::header_timeout`]
+//! to send it): other users cannot take the owner's slots, and beyond that
+//! lane connections are closed unanswered.
+//!
+//! A served connection is closed when
+//! - a request's headers are not complete [`ApiOptions::header_timeout`]
+//!   (10 s) after its first byte arrived (slowloris);
+//! - it has no request in flight and no new request starts for
+//!   [`ApiOptions::idle_timeout`] (60 s; the SDK keeps idle connections
+//!   for 60 s too).
+//!
+//! hyper's own `header_read_timeout` cannot express both (it also runs
+//! while an idle keep-alive connection waits for its next request), so the
+//! connection's reads and requests are tracked here ([`Activity`]).
+//! Request bodies and long responses have no time limit here: a transfer in
+//! flight is never cut off for being slow.
+//!
+//! On shutdown the listener closes, idle connections close at once and
+//! in-flight requests finish (the daemon gives them
+//! [`SHUTDOWN_GRACE`](crate::SHUTDOWN_GRACE), then drops the rest).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::http::{Request, Response, StatusCode};
+use axum::response::IntoResponse;
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::Service;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use proxymesh::api::ErrorCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::peer::{Access, Verdict};
+use super::Failure;
+
+/// Default [`ApiOptions::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default [`ApiOptions::header_timeout`].
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`ApiOptions::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection beyond the cap waits for a slot before it is
+/// answered 503.
+pub const CAP_WAIT: Duration = Duration::from_secs(1);
+/// Refusals (403, 503) answered at a time; beyond, connections are closed
+/// unanswered.
+pub const REFUSAL_SLOTS: usize = 64;
+/// Most request-body bytes read (and dropped) before a refusal is sent, so
+/// that closing does not reset the connection under the client's feet.
+const REFUSAL_DRAIN: usize = 1 << 20;
+/// Longest time spent reading a refused request's body.
+const REFUSAL_DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// How the local API is served, and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiOptions {
+    /// Connections served at once; more wait [`CAP_WAIT`], then get 503.
+    pub max_connections: usize,
+    /// Time from a request's first byte to the end of its headers.
+    pub header_timeout: Duration,
+    /// Time a connection with no request in flight is kept open.
+    pub idle_timeout: Duration,
+    /// A group (name or gid) whose members may use the API besides the
+    /// daemon's own user.
+    pub group: Option<String>,
+    /// Allow a non-loopback API address. Remote callers are still refused
+    /// (they cannot be identified, and there is no authentication yet); only
+    /// local users reaching the address over loopback are served.
+    pub allow_remote: bool,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            group: None,
+            allow_remote: false,
+        }
+    }
+}
+
+impl ApiOptions {
+    /// Refuse an API address these options do not allow: anything but
+    /// loopback unless [`allow_remote`](Self::allow_remote).
+    pub fn check_addr(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        if addr.ip().to_canonical().is_loopback() || self.allow_remote {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "refusing to serve the local API on {addr}: the local API listens on loopback only; \
+             a non-loopback --api needs --api-allow-remote and authentication, which is not \
+             supported yet (use --api 127.0.0.1:PORT)"
+        )
+    }
+}
+
+/// What every connection task shares.
+struct Shared {
+    router: Router,
+    access: Arc<Access>,
+    slots: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
+    /// When the cap was last reported (seconds since `started`), to log it
+    /// once in a while rather than per connection.
+    cap_logged: AtomicU64,
+    started: Instant,
+}
+
+/// Serve `router` on `listener` until `stop` resolves, then shut down
+/// gracefully (stop accepting, close idle connections, let in-flight
+/// requests finish). Connection tasks are owned by the returned future:
+/// dropping or aborting it closes them all.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    access: Arc<Access>,
+    options: &ApiOptions,
+    stop: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let shared = Arc::new(Shared {
+        router,
+        access,
+        slots: Arc::new(Semaphore::new(options.max_connections.max(1))),
+        refusals: Arc::new(Semaphore::new(REFUSAL_SLOTS)),
+        header_timeout: options.header_timeout,
+        idle_timeout: options.idle_timeout,
+        max_connections: options.max_connections.max(1),
+        cap_logged: AtomicU64::new(u64::MAX),
+        started: Instant::now(),
+    });
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    // The watcher is taken here, before the task runs, so a
+                    // shutdown signalled meanwhile still reaches it.
+                    let watcher = graceful.watcher();
+                    connections.spawn(connection(tcp, peer, shared.clone(), watcher));
+                }
+                Err(e) if is_connection_error(&e) => {}
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // rather than spin.
+                    tracing::error!(error = %e, "cannot accept API connections; retrying in 1 s");
+                    tokio::select! {
+                        () = &mut stop => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Errors of one connection attempt, not of the listener.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// One accepted connection: check the caller, take a slot, serve.
+async fn connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, watcher: Watcher) {
+    let local = match tcp.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let uid = match shared.access.check(local, peer).await {
+        Verdict::Allowed { uid } => uid,
+        Verdict::Denied { uid, message } => {
+            tracing::debug!(%peer, ?uid, "refused a local API connection: {message}");
+            let failure = (StatusCode::FORBIDDEN, ErrorCode::Forbidden, message);
+            return refuse(tcp, &shared, watcher, failure).await;
+        }
+    };
+    let slot = match shared.slots.clone().try_acquire_owned() {
+        Ok(slot) => slot,
+        Err(_) => {
+            let waited = tokio::time::timeout(CAP_WAIT, shared.slots.clone().acquire_owned());
+            match waited.await {
+                Ok(Ok(slot)) => slot,
+                _ => {
+                    shared.log_cap(peer);
+                    let message = format!(
+                        "too many connections to this proxymesh daemon (all {} are in use); \
+                         close idle ones or retry later",
+                        shared.max_connections
+                    );
+                    let failure = (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ErrorCode::Internal,
+                        message,
+                    );
+                    return refuse(tcp, &shared, watcher, failure).await;
+                }
+            }
+        }
+    };
+    tracing::trace!(%peer, uid, "serving a local API connection");
+    serve_connection(tcp, peer, &shared, watcher).await;
+    drop(slot);
+}
+
+impl Shared {
+    fn log_cap(&self, peer: SocketAddr) {
+        let now = self.started.elapsed().as_secs();
+        let last = self.cap_logged.load(Ordering::Relaxed);
+        if last == u64::MAX || now >= last + 10 {
+            self.cap_logged.store(now, Ordering::Relaxed);
+            tracing::warn!(
+                %peer,
+                "the local API serves {} connections at most, all in use; refusing new ones with 503",
+                self.max_connections
+            );
+        }
+    }
+}
+
+/// Serve an allowed connection until it closes, times out or the daemon
+/// shuts down.
+async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, watcher: Watcher) {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Tracked {
+        inner: tcp,
+        activity: activity.clone(),
+    });
+    let service = Tracking {
+        inner: TowerToHyperService::new(shared.router.clone()),
+        activity: activity.clone(),
+    };
+    let mut builder = http1::Builder::new();
+    // Timeouts are kept by `Activity` (see the module docs).
+    builder.header_read_timeout(None);
+    let conn = watcher.watch(builder.serve_connection(io, service));
+    tokio::pin!(conn);
+    let (header, idle) = (shared.header_timeout, shared.idle_timeout);
+    // The watchdog timer, armed at `armed`. It is checked whenever the task
+    // wakes (every read wakes it), so moving the deadline needs no extra
+    // wake-up; and it is re-armed only when the deadline comes earlier (a
+    // request's first bytes; a whole request in one read never moves it).
+    // A deadline that moved later is found when the timer fires early.
+    let mut armed = activity
+        .deadline(header, idle)
+        .unwrap_or_else(|| Instant::now() + header);
+    let watchdog = tokio::time::sleep_until(armed);
+    tokio::pin!(watchdog);
+    let closed = std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = conn.as_mut().poll(cx) {
+            return Poll::Ready(done.err().map(|e| e.to_string()));
+        }
+        if let Some(deadline) = activity.deadline(header, idle) {
+            if deadline < armed {
+                armed = deadline;
+                watchdog.as_mut().reset(armed);
+            }
+        }
+        while watchdog.as_mut().poll(cx).is_ready() {
+            if let Some(why) = activity.expired(header, idle) {
+                return Poll::Ready(Some(format!("closing it: {why}")));
+            }
+            armed = activity
+                .deadline(header, idle)
+                .unwrap_or_else(|| Instant::now() + header);
+            watchdog.as_mut().reset(armed);
+        }
+        Poll::Pending
+    })
+    .await;
+    if let Some(why) = closed {
+        tracing::debug!(%peer, "API connection ended: {why}");
+    }
+}
+
+/// Answer one request on `tcp` with `failure` and close it; or, when
+/// [`REFUSAL_SLOTS`] refusals are already under way, close it unanswered.
+async fn refuse(
+    tcp: TcpStream,
+    shared: &Shared,
+    watcher: Watcher,
+    failure: (StatusCode, ErrorCode, String),
+) {
+    let Ok(_lane) = shared.refusals.clone().try_acquire_owned() else {
+        tracing::debug!("too many refusals under way; closing a connection unanswered");
+        return;
+    };
+    let failure = Arc::new(failure);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let failure = failure.clone();
+        async move {
+            drain_refused(req.into_body()).await;
+            let (status, code, message) = &*failure;
+            Ok::<_, Infallible>(Failure::new(*status, *code, message.clone()).into_response())
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.header_timeout)
+        .keep_alive(false);
+    let conn = watcher.watch(builder.serve_connection(TokioIo::new(tcp), service));
+    let limit = shared.header_timeout + REFUSAL_DRAIN_TIME + Duration::from_secs(1);
+    let _ = tokio::time::timeout(limit, conn).await;
+}
+
+/// Read and drop what a refused request sends (bounded), so the answer is
+/// not lost to a reset when the connection closes with unread bytes.
+async fn drain_refused(mut body: Incoming) {
+    let deadline = Instant::now() + REFUSAL_DRAIN_TIME;
+    let mut read = 0usize;
+    while read < REFUSAL_DRAIN {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, Bytes::len),
+            _ => break,
+        }
+    }
+}
+
+/// Marker for "no time recorded".
+const NONE: u64 = u64::MAX;
+
+/// What one connection is doing, for its timeouts: requests in flight, when
+/// it went idle, when the first byte of a request not yet dispatched
+/// arrived. Times are milliseconds since the connection was accepted.
+#[derive(Debug)]
+pub struct Activity {
+    born: Instant,
+    in_flight: AtomicUsize,
+    idle_since: AtomicU64,
+    head_since: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Activity {
+    /// A connection accepted now: idle, nothing read.
+    pub fn new() -> Self {
+        Self {
+            born: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(NONE),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.born + Duration::from_millis(ms)
+    }
+
+    /// Bytes arrived. Without a request in flight they start the next
+    /// request's headers: its header timeout runs from the first of them.
+    pub fn on_read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_since.load(Ordering::Relaxed) == NONE
+        {
+            let _ = self.head_since.compare_exchange(
+                NONE,
+                self.now_ms(),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// A request's headers are complete and it is being served, until the
+    /// returned guard drops (with the response body).
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(NONE, Ordering::Release);
+        InFlight(self.clone())
+    }
+
+    /// When the connection expires unless something happens first; `None`
+    /// while a request is in flight (it never expires then).
+    pub fn deadline(&self, header: Duration, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(match self.head_since.load(Ordering::Acquire) {
+            NONE => self.at(self.idle_since.load(Ordering::Acquire)) + idle,
+            since => self.at(since) + header,
+        })
+    }
+
+    /// Why the connection should close now, if it should.
+    pub fn expired(&self, header: Duration, idle: Duration) -> Option<&'static str> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let now = Instant::now();
+        match self.head_since.load(Ordering::Acquire) {
+            NONE => (now >= self.at(self.idle_since.load(Ordering::Acquire)) + idle)
+                .then_some("idle for the idle timeout"),
+            since => (now >= self.at(since) + header)
+                .then_some("request headers incomplete after the header timeout"),
+        }
+    }
+}
+
+/// A request in flight; dropping it (with the response body) ends it.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        if a.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            a.idle_since.store(a.now_ms(), Ordering::Release);
+        }
+    }
+}
+
+/// A socket that reports reads to its connection's [`Activity`].
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The router, with each request counted in flight until its response body
+/// is done.
+#[derive(Clone)]
+struct Tracking {
+    inner: TowerToHyperService<Router>,
+    activity: Arc<Activity>,
+}
+
+type Routed = Pin<Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>>;
+
+impl Service<Request<Incoming>> for Tracking {
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = Routed;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let guard = self.activity.start_request();
+        let routed = self.inner.call(req);
+        Box::pin(async move {
+            let resp = routed.await?;
+            Ok(resp.map(|body| TrackedBody {
+                body,
+                _in_flight: guard,
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its request [in flight](InFlight) until it
+/// is dropped.
+struct TrackedBody {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_and_header_deadlines() {
+        let header = Duration::from_secs(10);
+        let idle = Duration::from_secs(60);
+        let a = Arc::new(Activity::new());
+        let t0 = Instant::now();
+        // Fresh and idle: closes after the idle timeout.
+        assert_eq!(a.deadline(header, idle), Some(t0 + idle));
+        assert_eq!(a.expired(header, idle), None);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // A first byte: the header timeout runs from it.
+        a.on_read();
+        let head_deadline = a.deadline(header, idle);
+        assert_eq!(head_deadline, Some(t0 + Duration::from_secs(15)));
+        // More bytes do not extend it (slowloris).
+        tokio::time::advance(Duration::from_secs(5)).await;
+        a.on_read();
+        assert_eq!(a.deadline(header, idle), head_deadline);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(a.expired(header, idle).unwrap().contains("headers"));
+
+        // A request in flight never expires, however long.
+        let b = Arc::new(Activity::new());
+        b.on_read();
+        let req = b.start_request();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        b.on_read(); // its body
+        assert_eq!(b.expired(header, idle), None);
+        assert_eq!(b.deadline(header, idle), None);
+        drop(req);
+        // Done: idle from now.
+        let done = Instant::now();
+        assert_eq!(b.deadline(header, idle), Some(done + idle));
+        tokio::time::advance(idle).await;
+        assert!(b.expired(header, idle).unwrap().contains("idle"));
+    }
+
+    #[test]
+    fn only_loopback_addresses_unless_allowed() {
+        let o = ApiOptions::default();
+        for ok in [
+            "127.0.0.1:7878",
+            "127.1.2.3:0",
+            "[::1]:7878",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            o.check_addr(ok.parse().unwrap()).unwrap();
+        }
+        for bad in ["0.0.0.0:7878", "192.168.1.5:7878", "[::]:7878"] {
+            let err = o.check_addr(bad.parse().unwrap()).unwrap_err().to_string();
+            assert!(
+                err.contains("loopback only") && err.contains("--api-allow-remote"),
+                "{err}"
+            );
+        }
+        let remote = ApiOptions {
+            allow_remote: true,
+            ..ApiOptions::default()
+        };
+        remote.check_addr("0.0.0.0:7878".parse().unwrap()).unwrap();
+    }
+}
