@@ -452,37 +452,44 @@ pub fn effective_uid() -> u32 {
     }
 }
 
-/// The login name of `uid` from the user database (`getpwuid_r`, so NSS
-/// sources such as LDAP count); `None` if it has none. May block on NSS.
+/// The user database's entry for `uid` (`getpwuid_r`, so NSS sources such
+/// as LDAP count): its login name and primary gid; `None` if it has none.
+/// May block on NSS.
+#[cfg(unix)]
+pub fn user_entry(uid: u32) -> Option<(std::ffi::CString, u32)> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: `pwd` and `buf` outlive the call; the result points
+        // into `buf`, which is read before it is dropped.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < (16 << 20) {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: pw_name is a NUL-terminated string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }.to_owned();
+        return Some((name, pwd.pw_gid));
+    }
+}
+
+/// The login name of `uid` (see [`user_entry`]); `None` if it has none.
 pub fn user_name(uid: u32) -> Option<String> {
     #[cfg(unix)]
     {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            // SAFETY: `pwd` and `buf` outlive the call; the result points
-            // into `buf`, which is read before it is dropped.
-            let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-            let mut result: *mut libc::passwd = std::ptr::null_mut();
-            let rc = unsafe {
-                libc::getpwuid_r(
-                    uid,
-                    &mut pwd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut result,
-                )
-            };
-            if rc == libc::ERANGE && buf.len() < (1 << 20) {
-                buf.resize(buf.len() * 4, 0);
-                continue;
-            }
-            if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
-                return None;
-            }
-            // SAFETY: pw_name is a NUL-terminated string inside `buf`.
-            let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-            return Some(name.to_string_lossy().into_owned());
-        }
+        user_entry(uid).map(|(name, _)| name.to_string_lossy().into_owned())
     }
     #[cfg(not(unix))]
     {

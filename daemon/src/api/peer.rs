@@ -297,32 +297,7 @@ fn group_gid(_name: &str) -> Option<u32> {
 /// `getgrouplist`). A uid without a user entry belongs to no group.
 #[cfg(target_os = "linux")]
 pub fn user_in_group(uid: u32, gid: u32) -> bool {
-    let user = nss_retry(|buf| {
-        // SAFETY: `pwd` and `buf` outlive the call; the name is copied out
-        // of `buf` before it is dropped.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = unsafe {
-            libc::getpwuid_r(
-                uid,
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        match rc {
-            0 if result.is_null() || pwd.pw_name.is_null() => Ok(None),
-            // SAFETY: pw_name is a NUL-terminated string inside `buf`.
-            0 => Ok(Some((
-                unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }.to_owned(),
-                pwd.pw_gid,
-            ))),
-            e => Err(e),
-        }
-    })
-    .flatten();
-    let Some((name, primary)) = user else {
+    let Some((name, primary)) = proxymesh::localpeer::user_entry(uid) else {
         return false;
     };
     if primary == gid {

@@ -136,7 +136,7 @@ impl RemoteWrites {
             .filter(|(p, _)| *p == peer)
             .map(|(_, b)| *b)
             .sum();
-        if used - replaced + size > quota {
+        if (used - replaced).saturating_add(size) > quota {
             return Err(format!(
                 "peer {peer} already keeps {used} bytes here; {size} more exceed its quota of {quota} bytes (evict some first)"
             ));

@@ -625,6 +625,17 @@ async fn forwarded_sets_replace_only_their_own_keys_within_a_quota() {
     assert!(err.to_string().contains("quota"), "{err}");
     assert!(stored("m2").is_none());
     put(&mallory, "m1", pattern(7 * MIB, 8)).await.unwrap();
+    // An absurd announced size is refused, not wrapped around the quota.
+    let mut stream = mallory.stream_to(peer).await;
+    let req = protocol::Request::Put {
+        name: RemoteName::Endpoint("huge".into()),
+        size: u64::MAX,
+    };
+    protocol::write_request(&mut stream, &req).await.unwrap();
+    match protocol::read_response(&mut stream).await.unwrap() {
+        Response::Refused(why) => assert!(why.contains("quota"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     // Once evicted, the room is free again; Alice's quota is her own.
     let m1 = RemoteName::Endpoint("m1".into());
     assert!(mallory.fetcher.evict(peer, m1, &[], None).await.unwrap());
