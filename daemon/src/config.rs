@@ -99,7 +99,10 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The defaults; the mesh's come from [`MeshConfig::default`](crate::mesh::MeshConfig),
+    /// so each is set in one place.
     fn default() -> Self {
+        let mesh = crate::mesh::MeshConfig::default();
         Self {
             data_dir: default_data_dir(),
             api: DEFAULT_API.parse().expect("valid default"),
@@ -113,16 +116,14 @@ impl Default for Config {
             listen_port: None,
             listen_host: std::net::IpAddr::from([0, 0, 0, 0]),
             external_addresses: Vec::new(),
-            connect_timeout: 20.0,
-            hole_punch_timeout: 8.0,
-            idle_timeout: 10.0,
-            cache_cap: crate::mesh::fetcher::FetchConfig::default().cache_cap,
+            connect_timeout: mesh.connect_timeout.as_secs_f64(),
+            hole_punch_timeout: mesh.hole_punch_timeout.as_secs_f64(),
+            idle_timeout: mesh.fetch.idle_timeout.as_secs_f64(),
+            cache_cap: mesh.fetch.cache_cap,
             credential: None,
             open_mesh: false,
-            directory_refresh: crate::mesh::MeshConfig::default()
-                .directory_refresh
-                .as_secs_f64(),
-            peer_write_quota: crate::mesh::MeshConfig::default().serve.peer_write_quota,
+            directory_refresh: mesh.directory_refresh.as_secs_f64(),
+            peer_write_quota: crate::service::DEFAULT_PEER_WRITE_QUOTA,
             api_group: None,
         }
     }
@@ -225,10 +226,7 @@ impl Config {
             connect_timeout: Duration::from_secs_f64(self.connect_timeout),
             hole_punch_timeout: Duration::from_secs_f64(self.hole_punch_timeout),
             directory_refresh: Duration::from_secs_f64(self.directory_refresh),
-            serve: crate::mesh::transfer::ServeConfig {
-                peer_write_quota: self.peer_write_quota,
-                ..Default::default()
-            },
+            serve: crate::mesh::transfer::ServeConfig::default(),
             fetch: crate::mesh::fetcher::FetchConfig {
                 idle_timeout: Duration::from_secs_f64(self.idle_timeout),
                 cache_cap: self.cache_cap,

@@ -17,7 +17,9 @@
 //! - [`storage`]: the streaming object store (no sockets);
 //! - [`mesh`]: the libp2p node (relays, hole punching, discovery) and the
 //!   fetch protocol that moves objects between daemons;
-//! - [`api`]: the HTTP routes;
+//! - [`service`]: the object service every door goes through, and the one
+//!   table of who may do what;
+//! - [`api`]: the HTTP routes (native and ProxyStore), thin over [`service`];
 //! - [`cli`]: the `proxymesh` client command line.
 //!
 //! The daemon can be embedded (the examples and tests do):
@@ -44,6 +46,7 @@ pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod mesh;
+pub mod service;
 pub mod storage;
 
 use api::peer::Access;
@@ -96,16 +99,15 @@ impl Daemon {
             Arc::new(Storage::open(config.storage()).await.with_context(|| {
                 format!("cannot open storage in {}", config.data_dir.display())
             })?);
+        let local = Arc::new(service::LocalObjects::new(
+            storage,
+            identity.owners.clone(),
+            config.peer_write_quota,
+        ));
         let mesh = match config.mesh()? {
-            Some(mesh_config) => Some(
-                mesh::Mesh::start(
-                    identity.keypair.clone(),
-                    identity.owners.clone(),
-                    storage.clone(),
-                    mesh_config,
-                )
-                .await?,
-            ),
+            Some(mesh_config) => {
+                Some(mesh::Mesh::start(identity.keypair.clone(), local.clone(), mesh_config).await?)
+            }
             None => None,
         };
         let listener = tokio::net::TcpListener::bind(config.api).await.with_context(|| {
@@ -120,11 +122,7 @@ impl Daemon {
             tracing::info!(path = %path.display(), "wrote ProxyStore endpoint config");
         }
         let state = Arc::new(AppState {
-            storage,
-            mesh,
-            peer_id: identity.peer_id(),
-            uuid: identity.uuid,
-            owners: identity.owners.clone(),
+            objects: service::Objects::new(local, mesh, identity.peer_id(), identity.uuid),
             started: Instant::now(),
             api_addr: api_addr.to_string(),
             data_dir: config.data_dir.display().to_string(),
@@ -165,12 +163,12 @@ impl Daemon {
 
     /// The object store.
     pub fn storage(&self) -> &Storage {
-        &self.state.storage
+        self.state.objects.storage()
     }
 
     /// The mesh node, when the daemon joined a mesh.
     pub fn mesh(&self) -> Option<&mesh::Mesh> {
-        self.state.mesh.as_ref()
+        self.state.objects.mesh()
     }
 
     /// Stop serving (in-flight requests get [`SHUTDOWN_GRACE`]) and clean up
@@ -188,10 +186,10 @@ impl Daemon {
                 self.server.abort();
             }
         }
-        if let Some(mesh) = &self.state.mesh {
+        if let Some(mesh) = self.state.objects.mesh() {
             mesh.shutdown();
         }
-        self.state.storage.shutdown().await?;
+        self.state.objects.storage().shutdown().await?;
         tracing::info!("proxymeshd stopped");
         Ok(())
     }

@@ -1,7 +1,10 @@
 //! The daemon's local HTTP API: proxymesh's native `/v1` routes (contract in
 //! [`proxymesh::api`]) and ProxyStore 1.x's endpoint routes, served by axum on
-//! a loopback address. Handlers are thin: they parse input, stream bodies
-//! into and out of [`Storage`], and map failures to clear 4xx/5xx answers.
+//! a loopback address. Handlers are thin: they parse input, hand it to the
+//! [object service](crate::service) (which decides what the caller may do
+//! and where the bytes live), stream bodies in and out, and map failures to
+//! clear 4xx/5xx answers. Every caller that got past [`server`] is the
+//! daemon's user: [`Caller::Local`].
 //!
 //! # Who may use it
 //!
@@ -33,11 +36,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use libp2p_identity::PeerId;
 use proxymesh::api::{ApiError, ErrorCode};
 use uuid::Uuid;
 
-use crate::storage::{ObjectName, ObjectWriter, Storage, StorageError};
+use crate::service::{self, Objects};
+use crate::storage::StorageError;
+
+#[cfg(doc)]
+use crate::service::Caller;
 
 mod native;
 pub mod peer;
@@ -52,32 +58,14 @@ const JSON_LIMIT: usize = 16 << 20;
 /// What every handler can see.
 #[derive(Debug)]
 pub struct AppState {
-    /// The object store.
-    pub storage: Arc<Storage>,
-    /// The mesh node, when the daemon joined a mesh.
-    pub mesh: Option<crate::mesh::Mesh>,
-    /// This daemon's peer ID.
-    pub peer_id: PeerId,
-    /// This daemon's ProxyStore endpoint UUID.
-    pub uuid: Uuid,
-    /// Derives the owner capabilities of this daemon's objects.
-    pub owners: Arc<crate::identity::OwnerSecret>,
+    /// Every object operation goes through here (authorization included).
+    pub objects: Objects,
     /// When the daemon started.
     pub started: Instant,
     /// The API's bound address, as shown in status.
     pub api_addr: String,
     /// The data directory, as shown in status.
     pub data_dir: String,
-}
-
-impl AppState {
-    /// The mesh node, for requests already resolved to another daemon (such
-    /// targets exist only when the daemon is in a mesh).
-    fn mesh(&self) -> &crate::mesh::Mesh {
-        self.mesh
-            .as_ref()
-            .expect("remote targets exist only with a mesh")
-    }
 }
 
 /// The full router.
@@ -290,6 +278,24 @@ impl From<StorageError> for Failure {
     }
 }
 
+impl From<service::Error> for Failure {
+    fn from(e: service::Error) -> Self {
+        use service::Error as E;
+        let (status, code) = match e {
+            E::Storage(inner) => return inner.into(),
+            E::Mesh(inner) => return (*inner).into(),
+            E::NotFound(what) => return Self::not_found(what),
+            E::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+            E::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            E::WrongPeer(_) => (StatusCode::CONFLICT, ErrorCode::WrongPeer),
+            E::NoRoute(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unreachable),
+            E::Incomplete(_) => (StatusCode::BAD_REQUEST, ErrorCode::IncompleteBody),
+            E::Corrupt(_) => (StatusCode::CONFLICT, ErrorCode::Corrupt),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
 impl From<crate::mesh::MeshError> for Failure {
     fn from(e: crate::mesh::MeshError) -> Self {
         use crate::mesh::MeshError as M;
@@ -317,52 +323,17 @@ impl IntoResponse for Failure {
     }
 }
 
-/// Stream a request body into a new object under `name`. On any failure the
-/// writer is dropped, so nothing half-written becomes visible, and the rest
-/// of the body is [drained](drain) so the client reads the error instead of a
-/// connection reset.
-pub async fn store_body<S, E>(
-    storage: &Storage,
-    name: ObjectName,
-    declared_len: Option<u64>,
-    mut body: S,
-) -> Result<crate::storage::ObjectMeta, Failure>
+/// The outcome of an operation that consumed (part of) a request body: on
+/// failure, the rest of the body is [drained](drain) so the client reads the
+/// error instead of a connection reset.
+pub async fn settle<T, S, E>(result: Result<T, service::Error>, body: &mut S) -> Result<T, Failure>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
 {
-    let result = write_body(storage, name, declared_len, &mut body).await;
     if result.is_err() {
-        drain(&mut body).await;
+        drain(body).await;
     }
-    result
-}
-
-async fn write_body<S, E>(
-    storage: &Storage,
-    name: ObjectName,
-    declared_len: Option<u64>,
-    body: &mut S,
-) -> Result<crate::storage::ObjectMeta, Failure>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
-{
-    let mut writer: ObjectWriter = storage.writer(name, declared_len)?;
-    let mut received: u64 = 0;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(Failure::incomplete)?;
-        received += chunk.len() as u64;
-        writer.write(chunk).await?;
-    }
-    if let Some(len) = declared_len {
-        if received != len {
-            return Err(Failure::incomplete(format!(
-                "got {received} of {len} declared bytes"
-            )));
-        }
-    }
-    Ok(writer.commit().await?)
+    result.map_err(Failure::from)
 }
 
 /// Most bytes read and discarded from a refused request body.

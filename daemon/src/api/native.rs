@@ -9,69 +9,31 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use proxymesh::api::{
-    self, EvictBatchResponse, EvictResponse, ExistsBatchResponse, KeyResponse, KeySegment,
-    KeysRequest, KeysResponse, PutResponse, Status,
+    self, EvictBatchResponse, EvictResponse, ExistsBatchResponse, KeyResponse, KeysRequest,
+    KeysResponse, PutResponse, Status,
 };
-use proxymesh::{Key, ObjectId};
+use proxymesh::ObjectId;
 
-use super::{declared_len, store_body, AppState, Failure, STREAM_CHUNK};
+use super::{declared_len, settle, AppState, Failure, STREAM_CHUNK};
 use crate::mesh::fetcher::Fetched;
-use crate::mesh::protocol::RemoteName;
 use crate::mesh::Mesh;
-use crate::storage::{ObjectName, ObjectReader};
+use crate::service::{Caller, Object, Target};
+use crate::storage::ObjectReader;
 
 type St = State<Arc<AppState>>;
 
-/// Where a request's object lives.
-pub enum Target {
-    /// In this daemon's store.
-    Local(ObjectName),
-    /// At another daemon, reached through the mesh.
-    Remote {
-        /// The daemon holding it.
-        peer: libp2p::PeerId,
-        /// The object.
-        id: ObjectId,
-        /// Addresses from the key (relay circuits).
-        addrs: Vec<libp2p::Multiaddr>,
-        /// The BLAKE3 the key promises.
-        hash: Option<blake3::Hash>,
-        /// The owner capability, if the key carries it (evict needs it).
-        owner: Option<proxymesh::OwnerCap>,
-    },
+/// Everyone the local API serves is the daemon's user (see [`super::server`]).
+const LOCAL: Caller = Caller::Local;
+
+fn target(state: &AppState, segment: &str) -> Result<Target, Failure> {
+    Ok(state.objects.target_of_segment(segment)?)
 }
 
-/// Resolve a key: this daemon's objects are local; another daemon's go
-/// through the mesh (or are refused with 409 when there is none).
-fn target_of(state: &AppState, key: &Key) -> Result<Target, Failure> {
-    match key.peer {
-        Some(p) if p == state.peer_id => Ok(Target::Local(ObjectName::Native(key.id))),
-        Some(p) if state.mesh.is_some() => Ok(Target::Remote {
-            peer: p,
-            id: key.id,
-            addrs: key.addrs.clone(),
-            hash: key.blake3(),
-            owner: key.owner,
-        }),
-        Some(p) => Err(Failure::new(
-            StatusCode::CONFLICT,
-            api::ErrorCode::WrongPeer,
-            format!(
-                "object {} lives at peer {p}, not at this daemon ({}), and this daemon is not in a mesh \
-                 (start it with --relay to fetch from other sites)",
-                key.id, state.peer_id
-            ),
-        )),
-        None => Err(Failure::bad_request(format!(
-            "key {key} names no daemon (it belongs to an in-process or file connector)"
-        ))),
-    }
-}
-
-fn parse_segment(state: &AppState, segment: &str) -> Result<Target, Failure> {
-    match api::parse_key_segment(segment).map_err(|e| Failure::bad_request(e.to_string()))? {
-        KeySegment::Bare(id) => Ok(Target::Local(ObjectName::Native(id))),
-        KeySegment::Ticket(key) => target_of(state, &key),
+/// Render an object being read: from this daemon's store, or another's.
+pub fn read_response(object: Object) -> Response {
+    match object {
+        Object::Here(reader) => object_response(reader),
+        Object::Fetched(fetched) => fetched_response(fetched),
     }
 }
 
@@ -105,21 +67,9 @@ pub fn fetched_response(fetched: Fetched) -> Response {
     resp
 }
 
-/// The key of this daemon's object `id`, for its owner (the local user):
-/// address hints, the owner capability, and the hash once known.
-fn key_for(state: &AppState, id: ObjectId, hash: Option<blake3::Hash>) -> Key {
-    let mut key = Key::on_peer(id, state.peer_id);
-    if let Some(mesh) = &state.mesh {
-        key.addrs = mesh.advertised_addrs();
-    }
-    key.hash = hash.map(|h| *h.as_bytes());
-    key.owner = Some(state.owners.cap(&id));
-    key
-}
-
 fn put_response(state: &AppState, id: ObjectId, meta: &crate::storage::ObjectMeta) -> PutResponse {
     PutResponse {
-        key: key_for(state, id, Some(meta.hash)),
+        key: state.objects.key_for(id, Some(meta.hash)),
         size: meta.size,
         blake3: meta.hash.to_hex().to_string(),
     }
@@ -127,11 +77,11 @@ fn put_response(state: &AppState, id: ObjectId, meta: &crate::storage::ObjectMet
 
 /// `GET /v1/status`.
 pub async fn status(State(state): St) -> Json<Status> {
-    let s = state.storage.stats();
-    let cfg = state.storage.config();
+    let s = state.objects.storage().stats();
+    let cfg = state.objects.storage().config();
     Json(Status {
-        peer_id: state.peer_id.to_string(),
-        uuid: state.uuid.to_string(),
+        peer_id: state.objects.peer_id().to_string(),
+        uuid: state.objects.uuid().to_string(),
         version: env!("CARGO_PKG_VERSION").into(),
         objects: s.objects,
         bytes: s.bytes,
@@ -143,27 +93,25 @@ pub async fn status(State(state): St) -> Json<Status> {
         data_dir: state.data_dir.clone(),
         api: state.api_addr.clone(),
         uptime_secs: state.started.elapsed().as_secs(),
-        mesh: state.mesh.as_ref().map(Mesh::status),
+        mesh: state.objects.mesh().map(Mesh::status),
     })
 }
 
 /// `POST /v1/keys`.
 pub async fn new_key(State(state): St) -> Json<KeyResponse> {
     Json(KeyResponse {
-        key: key_for(&state, ObjectId::random(), None),
+        key: state.objects.key_for(ObjectId::random(), None),
     })
 }
 
 /// `POST /v1/objects`.
 pub async fn put(State(state): St, headers: HeaderMap, body: Body) -> Result<Response, Failure> {
-    let id = ObjectId::random();
-    let meta = store_body(
-        &state.storage,
-        ObjectName::Native(id),
-        declared_len(&headers),
-        body.into_data_stream(),
-    )
-    .await?;
+    let mut body = body.into_data_stream();
+    let result = state
+        .objects
+        .put(LOCAL, declared_len(&headers), &mut body)
+        .await;
+    let (id, meta) = settle(result, &mut body).await?;
     Ok((StatusCode::CREATED, Json(put_response(&state, id, &meta))).into_response())
 }
 
@@ -174,23 +122,19 @@ pub async fn set(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<PutResponse>, Failure> {
-    let id =
-        match parse_segment(&state, &segment)? {
-            Target::Local(ObjectName::Native(id)) => id,
-            Target::Local(_) => unreachable!("native routes only make native names"),
-            Target::Remote { .. } => return Err(Failure::new(
-                StatusCode::CONFLICT,
-                api::ErrorCode::WrongPeer,
-                "this key names another daemon; put objects at your own daemon and share the key",
-            )),
-        };
-    let meta = store_body(
-        &state.storage,
-        ObjectName::Native(id),
-        declared_len(&headers),
-        body.into_data_stream(),
-    )
-    .await?;
+    let mut body = body.into_data_stream();
+    let result = match state.objects.target_of_segment(&segment) {
+        Ok(t) => state
+            .objects
+            .set(LOCAL, &t, declared_len(&headers), &mut body)
+            .await
+            .map(|meta| (t, meta)),
+        Err(e) => Err(e),
+    };
+    let (t, meta) = settle(result, &mut body).await?;
+    let crate::mesh::protocol::RemoteName::Native(id) = t.name else {
+        unreachable!("native routes name native objects")
+    };
     Ok(Json(put_response(&state, id, &meta)))
 }
 
@@ -216,77 +160,20 @@ pub fn object_response(reader: ObjectReader) -> Response {
 
 /// `GET /v1/objects/{key}`.
 pub async fn get(State(state): St, Path(segment): Path<String>) -> Result<Response, Failure> {
-    match parse_segment(&state, &segment)? {
-        Target::Local(name) => match state.storage.open_reader(&name).await? {
-            Some(reader) => Ok(object_response(reader)),
-            None => Err(Failure::not_found(&segment)),
-        },
-        Target::Remote {
-            peer,
-            id,
-            addrs,
-            hash,
-            ..
-        } => {
-            let fetched = state
-                .mesh()
-                .fetcher()
-                .get_checked(peer, RemoteName::Native(id), &addrs, hash)
-                .await?;
-            Ok(fetched_response(fetched))
-        }
-    }
+    let t = target(&state, &segment)?;
+    Ok(read_response(state.objects.get(LOCAL, &t).await?))
 }
 
-/// `HEAD /v1/objects/{key}`.
+/// `HEAD /v1/objects/{key}`: 200 (with the size, for this daemon's
+/// objects) or 404.
 pub async fn head(State(state): St, Path(segment): Path<String>) -> Result<Response, Failure> {
-    let target = parse_segment(&state, &segment)?;
-    match &target {
-        Target::Local(name) => {
-            let meta = state
-                .storage
-                .meta(name)
-                .ok_or_else(|| Failure::not_found(&segment))?;
-            let mut resp = StatusCode::OK.into_response();
-            resp.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
-            Ok(resp)
-        }
-        Target::Remote { .. } if exists_target(&state, &target).await? => {
-            Ok(StatusCode::OK.into_response())
-        }
-        Target::Remote { .. } => Err(Failure::not_found(&segment)),
+    let t = target(&state, &segment)?;
+    let mut resp = StatusCode::OK.into_response();
+    if let Some(size) = state.objects.size(LOCAL, &t).await? {
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     }
-}
-
-async fn exists_target(state: &AppState, target: &Target) -> Result<bool, Failure> {
-    match target {
-        Target::Local(name) => Ok(state.storage.contains(name)),
-        Target::Remote {
-            peer, id, addrs, ..
-        } => Ok(state
-            .mesh()
-            .fetcher()
-            .exists(*peer, RemoteName::Native(*id), addrs)
-            .await?),
-    }
-}
-
-async fn evict_target(state: &AppState, target: &Target) -> Result<bool, Failure> {
-    match target {
-        Target::Local(name) => Ok(state.storage.evict(name).await?),
-        Target::Remote {
-            peer,
-            id,
-            addrs,
-            owner,
-            ..
-        } => Ok(state
-            .mesh()
-            .fetcher()
-            .evict(*peer, RemoteName::Native(*id), addrs, *owner)
-            .await?),
-    }
+    Ok(resp)
 }
 
 /// `DELETE /v1/objects/{key}`.
@@ -294,7 +181,8 @@ pub async fn evict(
     State(state): St,
     Path(segment): Path<String>,
 ) -> Result<Json<EvictResponse>, Failure> {
-    let evicted = evict_target(&state, &parse_segment(&state, &segment)?).await?;
+    let t = target(&state, &segment)?;
+    let evicted = state.objects.evict(LOCAL, &t).await?;
     Ok(Json(EvictResponse { evicted }))
 }
 
@@ -307,7 +195,7 @@ pub async fn batch_put(State(state): St, body: Body) -> Result<Json<KeysResponse
     if result.is_err() {
         super::drain(&mut stream).await;
         for id in &stored {
-            let _ = state.storage.evict(&ObjectName::Native(*id)).await;
+            let _ = state.objects.evict(LOCAL, &Target::here(native(*id))).await;
         }
     }
     result
@@ -322,11 +210,11 @@ async fn batch_put_inner(
     stored: &mut Vec<ObjectId>,
 ) -> Result<Json<KeysResponse>, Failure> {
     use bytes::Buf;
-    let limit = state.storage.config().max_object_size;
+    let limit = state.objects.storage().config().max_object_size;
     let mut keys = Vec::new();
     // The length prefix being read, or the object being written.
     let mut header: Vec<u8> = Vec::with_capacity(8);
-    let mut current: Option<(ObjectId, crate::storage::ObjectWriter, u64)> = None;
+    let mut current: Option<(ObjectId, crate::service::Writer<'_>, u64)> = None;
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(Failure::incomplete)?;
         while !chunk.is_empty() || current.as_ref().is_some_and(|c| c.2 == 0) {
@@ -345,8 +233,7 @@ async fn batch_put_inner(
                             crate::storage::StorageError::TooLarge { size: len, limit }.into()
                         );
                     }
-                    let id = ObjectId::random();
-                    let writer = state.storage.writer(ObjectName::Native(id), Some(len))?;
+                    let (id, writer) = state.objects.create(LOCAL, Some(len))?;
                     current = Some((id, writer, len));
                 }
                 Some((_, writer, left)) => {
@@ -359,7 +246,7 @@ async fn batch_put_inner(
                         let (id, writer, _) = current.take().expect("an object is being written");
                         let meta = writer.commit().await?;
                         stored.push(id);
-                        keys.push(key_for(state, id, Some(meta.hash)));
+                        keys.push(state.objects.key_for(id, Some(meta.hash)));
                     }
                 }
             }
@@ -374,7 +261,14 @@ async fn batch_put_inner(
 }
 
 fn targets(state: &AppState, req: &KeysRequest) -> Result<Vec<Target>, Failure> {
-    req.keys.iter().map(|k| target_of(state, k)).collect()
+    req.keys
+        .iter()
+        .map(|k| Ok(state.objects.target_of_key(k)?))
+        .collect()
+}
+
+fn native(id: ObjectId) -> crate::mesh::protocol::RemoteName {
+    crate::mesh::protocol::RemoteName::Native(id)
 }
 
 /// `POST /v1/batch/get`. Every object is found (and every remote transfer
@@ -387,32 +281,11 @@ pub async fn batch_get(
     Json(req): Json<KeysRequest>,
 ) -> Result<Response, Failure> {
     let mut items: Vec<Option<(u64, crate::storage::ChunkStream)>> = Vec::new();
-    for target in targets(&state, &req)? {
-        let item = match target {
-            Target::Local(name) => state
-                .storage
-                .open_reader(&name)
-                .await?
-                .map(|r| (r.meta().size, r.into_stream(STREAM_CHUNK))),
-            Target::Remote {
-                peer,
-                id,
-                addrs,
-                hash,
-                ..
-            } => match state
-                .mesh()
-                .fetcher()
-                .get_checked(peer, RemoteName::Native(id), &addrs, hash)
-                .await
-            {
-                Ok(Fetched::Cached { reader }) => {
-                    Some((reader.meta().size, reader.into_stream(STREAM_CHUNK)))
-                }
-                Ok(Fetched::Streaming { size, body, .. }) => Some((size, body)),
-                Err(crate::mesh::MeshError::NotFound { .. }) => None,
-                Err(e) => return Err(e.into()),
-            },
+    for t in targets(&state, &req)? {
+        let item = match state.objects.get(LOCAL, &t).await {
+            Ok(object) => Some((object.size(), object.into_stream(STREAM_CHUNK))),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
         };
         items.push(item);
     }
@@ -446,7 +319,7 @@ pub async fn batch_exists(
 ) -> Result<Json<ExistsBatchResponse>, Failure> {
     let mut exists = Vec::with_capacity(req.keys.len());
     for t in targets(&state, &req)? {
-        exists.push(exists_target(&state, &t).await?);
+        exists.push(state.objects.exists(LOCAL, &t).await?);
     }
     Ok(Json(ExistsBatchResponse { exists }))
 }
@@ -458,7 +331,7 @@ pub async fn batch_evict(
 ) -> Result<Json<EvictBatchResponse>, Failure> {
     let mut evicted = Vec::with_capacity(req.keys.len());
     for t in targets(&state, &req)? {
-        evicted.push(evict_target(&state, &t).await?);
+        evicted.push(state.objects.evict(LOCAL, &t).await?);
     }
     Ok(Json(EvictBatchResponse { evicted }))
 }

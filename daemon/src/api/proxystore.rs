@@ -14,16 +14,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use serde::Deserialize;
-use uuid::Uuid;
 
-use super::native::{fetched_response, object_response};
-use super::{declared_len, store_body, AppState, Failure};
-use crate::mesh::protocol::RemoteName;
-use crate::mesh::MeshError;
-use crate::storage::{ObjectName, ObjectReader};
+use super::native::read_response;
+use super::{declared_len, settle, AppState, Failure};
+use crate::service::{Caller, Error as ServiceError, Target};
 
 /// Longest accepted ProxyStore key.
 const MAX_KEY_LEN: usize = 1024;
+
+/// Everyone the local API serves is the daemon's user (see [`super::server`]).
+const LOCAL: Caller = Caller::Local;
 
 /// The query of every ProxyStore route.
 #[derive(Debug, Deserialize)]
@@ -47,22 +47,13 @@ impl From<Failure> for PsError {
     }
 }
 
-impl From<MeshError> for PsError {
-    fn from(e: MeshError) -> Self {
+impl From<ServiceError> for PsError {
+    fn from(e: ServiceError) -> Self {
+        if e.is_not_found() {
+            return PsError(StatusCode::NOT_FOUND, "no object with that key".into());
+        }
         Failure::from(e).into()
     }
-}
-
-/// Where a ProxyStore request goes.
-enum Target {
-    /// This daemon.
-    Local(ObjectName),
-    /// Another daemon of the mesh, by its endpoint UUID.
-    Remote {
-        peer: libp2p::PeerId,
-        addrs: Vec<libp2p::Multiaddr>,
-        name: RemoteName,
-    },
 }
 
 impl KeyQuery {
@@ -90,47 +81,16 @@ impl KeyQuery {
             }
             Some(k) => k.clone(),
         };
-        let Some(ep) = &self.endpoint else {
-            return Ok(Target::Local(ObjectName::Endpoint(key)));
-        };
-        let uuid = Uuid::parse_str(ep).map_err(|_| {
-            PsError(
-                StatusCode::BAD_REQUEST,
-                format!("endpoint {ep:?} is not a valid UUID"),
-            )
-        })?;
-        if uuid == state.uuid {
-            return Ok(Target::Local(ObjectName::Endpoint(key)));
-        }
-        let found = match &state.mesh {
-            Some(mesh) => mesh.find_endpoint(&uuid.to_string()).await,
-            None => None,
-        };
-        match found {
-            Some((peer, addrs)) => Ok(Target::Remote {
-                peer,
-                addrs,
-                name: RemoteName::Endpoint(key),
-            }),
-            None => Err(PsError(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "endpoint {uuid} is not this endpoint ({}) and {}",
-                    state.uuid,
-                    if state.mesh.is_some() {
-                        "no daemon of the mesh registered it"
-                    } else {
-                        "this daemon is not in a mesh (start it with --relay)"
-                    }
-                ),
-            )),
-        }
+        Ok(state
+            .objects
+            .target_of_endpoint(key, self.endpoint.as_deref())
+            .await?)
     }
 }
 
 /// `GET /endpoint`.
 pub async fn endpoint(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "uuid": state.uuid.to_string() }))
+    Json(serde_json::json!({ "uuid": state.objects.uuid().to_string() }))
 }
 
 /// `GET /exists?key=K`.
@@ -138,12 +98,10 @@ pub async fn exists(
     State(state): State<Arc<AppState>>,
     Query(q): Query<KeyQuery>,
 ) -> Result<Response, PsError> {
-    let exists = match q.target(&state).await? {
-        Target::Local(name) => state.storage.contains(&name),
-        Target::Remote { peer, addrs, name } => {
-            state.mesh().fetcher().exists(peer, name, &addrs).await?
-        }
-    };
+    let exists = state
+        .objects
+        .exists(LOCAL, &q.target(&state).await?)
+        .await?;
     Ok(Json(serde_json::json!({ "exists": exists })).into_response())
 }
 
@@ -152,25 +110,8 @@ pub async fn get(
     State(state): State<Arc<AppState>>,
     Query(q): Query<KeyQuery>,
 ) -> Result<Response, PsError> {
-    let missing = || PsError(StatusCode::NOT_FOUND, "no object with that key".into());
-    match q.target(&state).await? {
-        Target::Local(name) => match state
-            .storage
-            .open_reader(&name)
-            .await
-            .map_err(Failure::from)?
-        {
-            Some(reader) => Ok(object_response(reader)),
-            None => Err(missing()),
-        },
-        Target::Remote { peer, addrs, name } => {
-            match state.mesh().fetcher().get(peer, name, &addrs).await {
-                Ok(fetched) => Ok(fetched_response(fetched)),
-                Err(MeshError::NotFound { .. }) => Err(missing()),
-                Err(e) => Err(e.into()),
-            }
-        }
-    }
+    let object = state.objects.get(LOCAL, &q.target(&state).await?).await?;
+    Ok(read_response(object))
 }
 
 /// `POST /set?key=K` with an `application/octet-stream` body (400 if empty).
@@ -204,51 +145,10 @@ pub async fn set(
             Some(Ok(chunk)) => break chunk,
         }
     };
-    let body = Box::pin(futures::stream::once(async move { Ok(first) }).chain(stream));
-    match target {
-        Target::Local(name) => {
-            store_body(&state.storage, name, declared, body).await?;
-        }
-        Target::Remote { peer, addrs, name } => {
-            // The fetch protocol announces sizes up front and ProxyStore
-            // sends chunked bodies: stage the object here, then forward it.
-            let staging =
-                ObjectName::Endpoint(format!("\0forward/{}", proxymesh::ObjectId::random()));
-            let meta = store_body(&state.storage, staging.clone(), declared, body).await?;
-            let result = match state
-                .storage
-                .open_reader(&staging)
-                .await
-                .map_err(Failure::from)?
-            {
-                Some(reader) => forward(&state, peer, &addrs, name, reader, meta.size).await,
-                None => Err(PsError(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "staged object vanished".into(),
-                )),
-            };
-            let _ = state.storage.evict(&staging).await;
-            result?;
-        }
-    }
+    let mut body = futures::stream::iter([Ok(first)]).chain(stream);
+    let result = state.objects.set(LOCAL, &target, declared, &mut body).await;
+    settle(result, &mut body).await?;
     Ok(StatusCode::OK.into_response())
-}
-
-async fn forward(
-    state: &AppState,
-    peer: libp2p::PeerId,
-    addrs: &[libp2p::Multiaddr],
-    name: RemoteName,
-    reader: ObjectReader,
-    size: u64,
-) -> Result<(), PsError> {
-    let body = reader.into_stream(super::STREAM_CHUNK);
-    state
-        .mesh()
-        .fetcher()
-        .put(peer, name, addrs, body, size)
-        .await?;
-    Ok(())
 }
 
 /// `POST /evict?key=K`: 200 even when the key is missing.
@@ -256,17 +156,6 @@ pub async fn evict(
     State(state): State<Arc<AppState>>,
     Query(q): Query<KeyQuery>,
 ) -> Result<Response, PsError> {
-    match q.target(&state).await? {
-        Target::Local(name) => {
-            state.storage.evict(&name).await.map_err(Failure::from)?;
-        }
-        Target::Remote { peer, addrs, name } => {
-            state
-                .mesh()
-                .fetcher()
-                .evict(peer, name, &addrs, None)
-                .await?;
-        }
-    }
+    state.objects.evict(LOCAL, &q.target(&state).await?).await?;
     Ok(StatusCode::OK.into_response())
 }

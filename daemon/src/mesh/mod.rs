@@ -20,8 +20,6 @@ use proxymesh::api::{self as local_api, Path, Transport};
 use proxymesh::membership::{Credential, Gate, Policy};
 use tokio::sync::mpsc;
 
-use crate::storage::Storage;
-
 pub mod behaviour;
 pub mod error;
 pub mod members;
@@ -139,12 +137,11 @@ impl std::fmt::Debug for Mesh {
 
 impl Mesh {
     /// Start the mesh node: listen on the fixed ports, then join the relays'
-    /// directories and reserve there, and serve the fetch protocol from
-    /// `storage` to members.
+    /// directories and reserve there, and serve `objects` to members over
+    /// the fetch protocol (fetched copies are cached in their storage).
     pub async fn start(
         keypair: Keypair,
-        owners: Arc<crate::identity::OwnerSecret>,
-        storage: Arc<Storage>,
+        objects: Arc<crate::service::LocalObjects>,
         config: MeshConfig,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
@@ -262,13 +259,8 @@ impl Mesh {
             .clone()
             .accept(protocol::PROTOCOL)
             .map_err(|e| anyhow::anyhow!("cannot serve the fetch protocol: {e}"))?;
-        let server = transfer::Server::new(
-            storage.clone(),
-            gate.clone(),
-            dropper.clone(),
-            Some(owners),
-            config.serve,
-        );
+        let storage = objects.storage().clone();
+        let server = transfer::Server::new(objects, gate.clone(), dropper.clone(), config.serve);
         tokio::spawn(transfer::serve(incoming, Arc::new(server)));
         let (tx, rx) = mpsc::unbounded_channel();
         let parts = swarm::DriverParts {
@@ -426,9 +418,7 @@ impl SwarmOpener {
             out
         })
     }
-}
 
-impl SwarmOpener {
     /// Present our credential to `peer` and admit it from its answer.
     async fn prove_membership(&self, peer: PeerId) -> Result<(), MeshError> {
         let mut control = self.control.clone();

@@ -1,8 +1,9 @@
 //! Serving and issuing single requests of the fetch protocol over bulk
 //! streams (see [`protocol`](super::protocol) for the wire format).
 //!
-//! Server: [`serve`] accepts streams and answers each in its own task from
-//! [`Storage`]: a get streams the requested range from memory or the file in
+//! Server: [`serve`] accepts streams of members and answers each in its
+//! own task from [`LocalObjects`], which decides what a member may do: a
+//! get streams the requested range from memory or the file in
 //! [`CHUNK`]-sized pieces (one buffer per stream), a put streams into an
 //! [`ObjectWriter`](crate::storage::ObjectWriter) that is committed only
 //! once every announced byte arrived. Reading the request has a timeout, and
@@ -33,8 +34,8 @@ use super::protocol::{
     Response,
 };
 use super::MeshError;
-use crate::identity::OwnerSecret;
-use crate::storage::{ChunkStream, ObjectName, ObjectReader, Storage, StorageError};
+use crate::service::{Caller, Error as ServiceError, LocalObjects};
+use crate::storage::{ChunkStream, ObjectReader, StorageError};
 
 /// Size of the pieces bytes are read, sent and handed out in.
 pub const CHUNK: usize = 256 * 1024;
@@ -46,9 +47,6 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     /// Longest a single write to, or read from, the requester may stall.
     pub stall_timeout: Duration,
-    /// Most bytes of ProxyStore objects one peer may keep stored here
-    /// through forwarded sets.
-    pub peer_write_quota: u64,
 }
 
 impl Default for ServeConfig {
@@ -56,97 +54,36 @@ impl Default for ServeConfig {
         Self {
             request_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(60),
-            peer_write_quota: 4 << 30,
         }
     }
 }
 
-/// The fetch-protocol server: what it serves from, and who may do what.
+/// The fetch-protocol server: the objects it offers, and to whom.
 pub struct Server {
-    /// The objects.
-    pub storage: Arc<Storage>,
+    /// This daemon's objects; what a member may do with them is decided there.
+    pub objects: Arc<LocalObjects>,
     /// Who is served (members of our mesh).
     pub gate: Arc<Gate>,
     /// Where refused peers go to be dropped.
     pub dropper: Dropper,
-    /// Checks owner capabilities of native objects (`None`: no remote evicts).
-    pub owners: Option<Arc<OwnerSecret>>,
     /// Limits.
     pub config: ServeConfig,
-    /// ProxyStore keys stored here by other daemons.
-    writes: RemoteWrites,
 }
 
 impl Server {
-    /// A server of `storage` to the members of `gate`.
+    /// A server of `objects` to the members of `gate`.
     pub fn new(
-        storage: Arc<Storage>,
+        objects: Arc<LocalObjects>,
         gate: Arc<Gate>,
         dropper: Dropper,
-        owners: Option<Arc<OwnerSecret>>,
         config: ServeConfig,
     ) -> Self {
         Self {
-            storage,
+            objects,
             gate,
             dropper,
-            owners,
             config,
-            writes: RemoteWrites::default(),
         }
-    }
-}
-
-/// Who stored which ProxyStore key here through the mesh, and how much:
-/// a writer may replace only its own keys, within its quota.
-#[derive(Debug, Default)]
-struct RemoteWrites {
-    by_key: std::sync::Mutex<std::collections::HashMap<String, (PeerId, u64)>>,
-}
-
-impl RemoteWrites {
-    /// May `peer` store `size` bytes under `key`? Forgets keys evicted meanwhile.
-    fn admit(
-        &self,
-        storage: &Storage,
-        peer: PeerId,
-        key: &str,
-        size: u64,
-        quota: u64,
-    ) -> Result<(), String> {
-        let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|k, _| storage.contains(&ObjectName::Endpoint(k.clone())));
-        let exists = storage.contains(&ObjectName::Endpoint(key.to_string()));
-        let replaced = match map.get(key) {
-            Some((writer, bytes)) if *writer == peer => *bytes,
-            Some(_) => {
-                return Err(format!(
-                    "key {key} was stored by another daemon; only it may replace it"
-                ))
-            }
-            None if exists => {
-                return Err(format!(
-                    "key {key} belongs to this site; another daemon may not replace it"
-                ))
-            }
-            None => 0,
-        };
-        let used: u64 = map
-            .values()
-            .filter(|(p, _)| *p == peer)
-            .map(|(_, b)| *b)
-            .sum();
-        if (used - replaced).saturating_add(size) > quota {
-            return Err(format!(
-                "peer {peer} already keeps {used} bytes here; {size} more exceed its quota of {quota} bytes (evict some first)"
-            ));
-        }
-        Ok(())
-    }
-
-    fn record(&self, peer: PeerId, key: &str, size: u64) {
-        let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(key.to_string(), (peer, size));
     }
 }
 
@@ -202,7 +139,7 @@ pub async fn handle<S>(peer: PeerId, mut stream: S, server: &Server) -> io::Resu
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (storage, config) = (&*server.storage, server.config);
+    let config = server.config;
     let request =
         match tokio::time::timeout(config.request_timeout, read_request(&mut stream)).await {
             Err(_) => return Err(timed_out("waiting for the request")),
@@ -218,55 +155,49 @@ where
             }
             Ok(Ok(r)) => r,
         };
+    let (objects, caller) = (&*server.objects, Caller::Member(peer));
     match request {
         Request::Get { name, offset, len } => {
-            serve_get(peer, &mut stream, storage, &name, offset, len, config).await
+            let reader = match objects.read(caller, &name).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(%peer, %name, error = %e, "get refused or missing");
+                    return send_answer(&mut stream, &refusal(e), config).await;
+                }
+            };
+            serve_get(peer, &mut stream, reader, &name, offset, len, config).await
         }
         Request::Exists { name } => {
-            let found = storage.contains(&name.object_name());
-            tracing::debug!(%peer, %name, found, "exists");
-            send_answer(&mut stream, &Response::Exists(found), config).await
+            let answer = match objects.exists(caller, &name) {
+                Ok(found) => Response::Exists(found),
+                Err(e) => refusal(e),
+            };
+            tracing::debug!(%peer, %name, ?answer, "exists");
+            send_answer(&mut stream, &answer, config).await
         }
         Request::Evict { name } => {
-            let answer = serve_evict(peer, server, &name, None).await;
+            let answer = evicted(objects.evict(caller, &name, None).await);
             send_answer(&mut stream, &answer, config).await
         }
         Request::EvictOwned { name, owner } => {
-            let answer = serve_evict(peer, server, &name, Some(OwnerCap(owner))).await;
+            let answer = evicted(objects.evict(caller, &name, Some(OwnerCap(owner))).await);
             send_answer(&mut stream, &answer, config).await
         }
         Request::Put { name, size } => serve_put(peer, &mut stream, server, name, size).await,
     }
 }
 
-/// Evicting a native object needs its owner capability; a ProxyStore key
-/// may be evicted by any member holding it (ProxyStore's contract).
-async fn serve_evict(
-    peer: PeerId,
-    server: &Server,
-    name: &RemoteName,
-    owner: Option<OwnerCap>,
-) -> Response {
-    if let RemoteName::Native(id) = name {
-        let owns = match (&server.owners, &owner) {
-            (Some(secret), Some(cap)) => secret.verify(id, cap),
-            _ => false,
-        };
-        if !owns {
-            let why = if owner.is_some() {
-                "that is not the object's owner capability"
-            } else {
-                "evicting needs the object's owner capability; a ticket only reads"
-            };
-            tracing::warn!(%peer, %name, "refused an evict: {why}");
-            return Response::Refused(format!("{why} (object {name})"));
-        }
+/// The answer to a failed or refused operation.
+fn refusal(e: ServiceError) -> Response {
+    match e {
+        ServiceError::NotFound(_) => Response::NotFound,
+        e => Response::Refused(e.to_string()),
     }
-    match server.storage.evict(&name.object_name()).await {
-        Ok(evicted) => {
-            tracing::info!(%peer, %name, evicted, "evicted on request of a peer");
-            Response::Evicted(evicted)
-        }
+}
+
+fn evicted(result: Result<bool, ServiceError>) -> Response {
+    match result {
+        Ok(evicted) => Response::Evicted(evicted),
         Err(e) => Response::Refused(e.to_string()),
     }
 }
@@ -274,7 +205,7 @@ async fn serve_evict(
 async fn serve_get<S>(
     peer: PeerId,
     stream: &mut S,
-    storage: &Storage,
+    reader: ObjectReader,
     name: &RemoteName,
     offset: u64,
     len: Option<u64>,
@@ -283,17 +214,6 @@ async fn serve_get<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let reader = match storage.open_reader(&name.object_name()).await {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            tracing::debug!(%peer, %name, "get: not found");
-            return send_answer(stream, &Response::NotFound, config).await;
-        }
-        Err(e) => {
-            tracing::warn!(%peer, %name, error = %e, "get: cannot open the object");
-            return send_answer(stream, &Response::Refused(e.to_string()), config).await;
-        }
-    };
     let meta = reader.meta().clone();
     let size = meta.size;
     let fits = match len {
@@ -357,22 +277,11 @@ async fn serve_put<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (storage, config) = (&*server.storage, server.config);
-    let key = match &name {
-        RemoteName::Native(_) => {
-            let why = "only ProxyStore endpoint keys can be stored by another daemon".to_string();
-            return send_answer(stream, &Response::Refused(why), config).await;
-        }
-        RemoteName::Endpoint(key) => key.clone(),
-    };
-    if let Err(why) = server
-        .writes
-        .admit(storage, peer, &key, size, config.peer_write_quota)
+    let config = server.config;
+    let mut writer = match server
+        .objects
+        .writer(Caller::Member(peer), &name, Some(size))
     {
-        tracing::warn!(%peer, %name, size, "refused a put: {why}");
-        return send_answer(stream, &Response::Refused(why), config).await;
-    }
-    let mut writer = match storage.writer(name.object_name(), Some(size)) {
         Ok(w) => w,
         Err(e) => return send_answer(stream, &Response::Refused(e.to_string()), config).await,
     };
@@ -400,8 +309,7 @@ where
     }
     let answer = match writer.commit().await {
         Ok(meta) => {
-            tracing::info!(%peer, %name, size, "stored on request of a peer");
-            server.writes.record(peer, &key, meta.size);
+            tracing::debug!(%peer, %name, size, "put served");
             Response::Stored {
                 size: meta.size,
                 hash: *meta.hash.as_bytes(),

@@ -65,6 +65,10 @@ pub enum ObjectName {
         /// The object's ID there.
         id: ObjectId,
     },
+    /// A body held only while it is forwarded to another daemon (a
+    /// ProxyStore set of the mesh): no request can name it, and it is not
+    /// kept across restarts.
+    Staging(ObjectId),
 }
 
 /// Storage settings.

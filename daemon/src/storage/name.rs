@@ -2,7 +2,7 @@
 //! `native:<32 hex digits>`, `endpoint:<key>` (the key verbatim; it is
 //! only ever stored inside JSON, never used as a file name) or
 //! `remote:<peer id>/<32 hex digits>` (a cached copy of another daemon's
-//! object).
+//! object) or `staging:<32 hex digits>` (a body being forwarded).
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,11 +12,12 @@ use super::ObjectName;
 const NATIVE: &str = "native:";
 const ENDPOINT: &str = "endpoint:";
 const REMOTE: &str = "remote:";
+const STAGING: &str = "staging:";
 
 /// A string that is not a valid [`ObjectName`] text form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "malformed object name {0:?}: expected \"native:<hex id>\", \"endpoint:<key>\" or \"remote:<peer id>/<hex id>\""
+    "malformed object name {0:?}: expected \"native:<hex id>\", \"endpoint:<key>\", \"remote:<peer id>/<hex id>\" or \"staging:<hex id>\""
 )]
 pub struct BadObjectName(pub String);
 
@@ -26,6 +27,7 @@ impl fmt::Display for ObjectName {
             ObjectName::Native(id) => write!(f, "{NATIVE}{id}"),
             ObjectName::Endpoint(key) => write!(f, "{ENDPOINT}{key}"),
             ObjectName::Remote { peer, id } => write!(f, "{REMOTE}{peer}/{id}"),
+            ObjectName::Staging(id) => write!(f, "{STAGING}{id}"),
         }
     }
 }
@@ -38,6 +40,8 @@ impl FromStr for ObjectName {
             hex.parse().map(ObjectName::Native).map_err(|_| bad())
         } else if let Some(key) = s.strip_prefix(ENDPOINT) {
             Ok(ObjectName::Endpoint(key.to_owned()))
+        } else if let Some(hex) = s.strip_prefix(STAGING) {
+            hex.parse().map(ObjectName::Staging).map_err(|_| bad())
         } else if let Some(rest) = s.strip_prefix(REMOTE) {
             let (peer, hex) = rest.split_once('/').ok_or_else(bad)?;
             Ok(ObjectName::Remote {
@@ -65,6 +69,8 @@ mod tests {
             ObjectName::Endpoint("../../etc/passwd\n\0 ünïcode:".into()),
             ObjectName::Endpoint(format!("remote:{}/{id}", peer())),
             ObjectName::Remote { peer: peer(), id },
+            ObjectName::Staging(id),
+            ObjectName::Endpoint(format!("staging:{id}")),
         ];
         for n in names {
             let s = n.to_string();
@@ -108,6 +114,8 @@ mod tests {
             "remote:",
             "remote:nopeer/00",
             "remote:12D3KooWxyz",
+            "staging:",
+            "staging:xyz",
         ] {
             assert!(s.parse::<ObjectName>().is_err(), "{s:?} accepted");
         }

@@ -64,6 +64,12 @@ pub(crate) async fn load(inner: &Inner) -> Result<(), StorageError> {
     let mut losers = Vec::new();
     while let Some((res, reservation)) = verified.next().await {
         let (c, result) = res.map_err(|e| classify(join_error(e)))?;
+        if let ObjectName::Staging(_) = c.name {
+            // A forward interrupted by the restart: nobody can name it.
+            tracing::info!(object = %c.name, "removing a body left over from an interrupted forward");
+            losers.push(c.id);
+            continue;
+        }
         let data = match result {
             Ok(data) => data,
             Err(why) => {

@@ -18,6 +18,7 @@ use super::*;
 use crate::identity::OwnerSecret;
 use crate::mesh::protocol::{self, Response, PROTOCOL};
 use crate::mesh::transfer::{RateFloor, ServeConfig, CHUNK};
+use crate::service::LocalObjects;
 use crate::storage::{Location, StorageConfig};
 use proxymesh::membership::{Authority, Gate, Policy};
 
@@ -186,15 +187,14 @@ impl Producer {
         let config = ServeConfig {
             request_timeout: Duration::from_secs(2),
             stall_timeout: Duration::from_secs(5),
-            peer_write_quota: 8 * MIB as u64,
         };
         let (dropper, drops) = tokio::sync::mpsc::unbounded_channel();
         let owners = Arc::new(OwnerSecret::from_bytes(rand::random()));
+        let objects = LocalObjects::new(storage.clone(), owners.clone(), 8 * MIB as u64);
         let server = transfer::Server::new(
-            storage.clone(),
+            Arc::new(objects),
             Arc::new(Gate::new(policy)),
             dropper,
-            Some(owners.clone()),
             config,
         );
         let server = tokio::spawn(transfer::serve(incoming, Arc::new(server)));
