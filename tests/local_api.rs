@@ -737,7 +737,7 @@ fn a_non_loopback_api_address_is_refused() {
 
 #[test]
 fn idle_and_slow_requests_with_short_timeouts() {
-    // In-process, with short timeouts: header 1 s, idle 3 s.
+    // In-process, with short timeouts: header 1 s, idle 3 s, stall 3 s.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let config = proxymesh_daemon::config::Config {
@@ -748,6 +748,7 @@ fn idle_and_slow_requests_with_short_timeouts() {
     let options = proxymesh_daemon::api::server::ApiOptions {
         header_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(3),
+        stall_timeout: Duration::from_secs(3),
         ..Default::default()
     };
     let daemon = rt
@@ -794,5 +795,48 @@ fn idle_and_slow_requests_with_short_timeouts() {
     assert!(closed_by(&mut silent, deadline), "silent connection kept");
     assert!(closed_by(&mut served, deadline), "idle connection kept");
     assert_eq!(objects(&api), 1);
+
+    // A body that stops coming: the request is in flight, but nothing
+    // moves; closed after the stall timeout, and nothing is stored.
+    let mut stopped = TcpStream::connect(&api).unwrap();
+    stopped
+        .write_all(b"POST /v1/objects HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: 100\r\n\r\nonly ten b")
+        .unwrap();
+    // A reader that stops reading a large answer: closed after the stall
+    // timeout, before the whole object was sent.
+    const BIG: usize = 64 << 20;
+    let put = http(&api, "POST", "/v1/objects", &[], &vec![7u8; BIG]);
+    assert_eq!(put.status, 201, "{}", put.text());
+    let ticket = put.json()["key"].as_str().unwrap().to_string();
+    let mut stalled = TcpStream::connect(&api).unwrap();
+    stalled
+        .write_all(
+            format!("GET /v1/objects/{ticket} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let stopped_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(6));
+    let deadline = stopped_at + Duration::from_secs(30);
+    assert!(
+        closed_by(&mut stopped, deadline),
+        "a stopped body kept its connection"
+    );
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    loop {
+        match stalled.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(
+        got < BIG,
+        "a reader that stopped for the stall timeout got all {got} bytes"
+    );
+    // Others are served meanwhile and after.
+    assert_eq!(objects(&api), 2);
     rt.block_on(daemon.shutdown()).unwrap();
 }

@@ -20,13 +20,16 @@
 //!   (10 s) after its first byte arrived (slowloris);
 //! - it has no request in flight and no new request starts for
 //!   [`ApiOptions::idle_timeout`] (60 s; the SDK keeps idle connections
-//!   for 60 s too).
+//!   for 60 s too);
+//! - it has a request in flight but not one byte moved either way for
+//!   [`ApiOptions::stall_timeout`] (5 min): a client that stopped reading
+//!   its answer, or a body that stopped coming.
 //!
 //! hyper's own `header_read_timeout` cannot express both (it also runs
 //! while an idle keep-alive connection waits for its next request), so the
 //! connection's reads and requests are tracked here ([`Activity`]).
-//! Request bodies and long responses have no time limit here: a transfer in
-//! flight is never cut off for being slow.
+//! Otherwise request bodies and long responses have no time limit: a
+//! transfer in flight is never cut off for being slow, only for stopping.
 //!
 //! On shutdown the listener closes, idle connections close at once and
 //! in-flight requests finish (the daemon gives them
@@ -69,6 +72,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default [`ApiOptions::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default [`ApiOptions::stall_timeout`]: longer than any remote fetch
+/// waits for its first byte, so only a stopped client trips it.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a connection beyond the cap waits for a slot before it is
 /// answered 503.
 pub const CAP_WAIT: Duration = Duration::from_secs(1);
@@ -90,6 +96,9 @@ pub struct ApiOptions {
     pub header_timeout: Duration,
     /// Time a connection with no request in flight is kept open.
     pub idle_timeout: Duration,
+    /// Time a connection with a request in flight is kept open while no
+    /// byte moves in either direction.
+    pub stall_timeout: Duration,
     /// A group (name or gid) whose members may use the API besides the
     /// daemon's own user.
     pub group: Option<String>,
@@ -105,6 +114,7 @@ impl Default for ApiOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
             group: None,
             allow_remote: false,
         }
@@ -132,8 +142,7 @@ struct Shared {
     access: Arc<Access>,
     slots: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
-    header_timeout: Duration,
-    idle_timeout: Duration,
+    limits: Limits,
     max_connections: usize,
     /// When the cap was last reported (seconds since `started`), to log it
     /// once in a while rather than per connection.
@@ -157,8 +166,11 @@ pub async fn serve(
         access,
         slots: Arc::new(Semaphore::new(options.max_connections.max(1))),
         refusals: Arc::new(Semaphore::new(REFUSAL_SLOTS)),
-        header_timeout: options.header_timeout,
-        idle_timeout: options.idle_timeout,
+        limits: Limits {
+            header: options.header_timeout,
+            idle: options.idle_timeout,
+            stall: options.stall_timeout,
+        },
         max_connections: options.max_connections.max(1),
         cap_logged: AtomicU64::new(u64::MAX),
         started: Instant::now(),
@@ -280,34 +292,29 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, wat
     builder.header_read_timeout(None);
     let conn = watcher.watch(builder.serve_connection(io, service));
     tokio::pin!(conn);
-    let (header, idle) = (shared.header_timeout, shared.idle_timeout);
+    let limits = shared.limits;
     // The watchdog timer, armed at `armed`. It is checked whenever the task
     // wakes (every read wakes it), so moving the deadline needs no extra
     // wake-up; and it is re-armed only when the deadline comes earlier (a
     // request's first bytes; a whole request in one read never moves it).
     // A deadline that moved later is found when the timer fires early.
-    let mut armed = activity
-        .deadline(header, idle)
-        .unwrap_or_else(|| Instant::now() + header);
+    let mut armed = activity.deadline(&limits);
     let watchdog = tokio::time::sleep_until(armed);
     tokio::pin!(watchdog);
     let closed = std::future::poll_fn(|cx| {
         if let Poll::Ready(done) = conn.as_mut().poll(cx) {
             return Poll::Ready(done.err().map(|e| e.to_string()));
         }
-        if let Some(deadline) = activity.deadline(header, idle) {
-            if deadline < armed {
-                armed = deadline;
-                watchdog.as_mut().reset(armed);
-            }
+        let deadline = activity.deadline(&limits);
+        if deadline < armed {
+            armed = deadline;
+            watchdog.as_mut().reset(armed);
         }
         while watchdog.as_mut().poll(cx).is_ready() {
-            if let Some(why) = activity.expired(header, idle) {
+            if let Some(why) = activity.expired(&limits) {
                 return Poll::Ready(Some(format!("closing it: {why}")));
             }
-            armed = activity
-                .deadline(header, idle)
-                .unwrap_or_else(|| Instant::now() + header);
+            armed = activity.deadline(&limits);
             watchdog.as_mut().reset(armed);
         }
         Poll::Pending
@@ -342,10 +349,10 @@ async fn refuse(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.header_timeout)
+        .header_read_timeout(shared.limits.header)
         .keep_alive(false);
     let conn = watcher.watch(builder.serve_connection(TokioIo::new(tcp), service));
-    let limit = shared.header_timeout + REFUSAL_DRAIN_TIME + Duration::from_secs(1);
+    let limit = shared.limits.header + REFUSAL_DRAIN_TIME + Duration::from_secs(1);
     let _ = tokio::time::timeout(limit, conn).await;
 }
 
@@ -365,15 +372,28 @@ async fn drain_refused(mut body: Incoming) {
 /// Marker for "no time recorded".
 const NONE: u64 = u64::MAX;
 
+/// A connection's time limits (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// From a request's first byte to the end of its headers.
+    pub header: Duration,
+    /// With no request in flight.
+    pub idle: Duration,
+    /// With a request in flight and no byte moving.
+    pub stall: Duration,
+}
+
 /// What one connection is doing, for its timeouts: requests in flight, when
 /// it went idle, when the first byte of a request not yet dispatched
-/// arrived. Times are milliseconds since the connection was accepted.
+/// arrived, when a byte last moved. Times are milliseconds since the
+/// connection was accepted.
 #[derive(Debug)]
 pub struct Activity {
     born: Instant,
     in_flight: AtomicUsize,
     idle_since: AtomicU64,
     head_since: AtomicU64,
+    last_io: AtomicU64,
 }
 
 impl Default for Activity {
@@ -390,6 +410,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(NONE),
+            last_io: AtomicU64::new(0),
         }
     }
 
@@ -404,6 +425,7 @@ impl Activity {
     /// Bytes arrived. Without a request in flight they start the next
     /// request's headers: its header timeout runs from the first of them.
     pub fn on_read(&self) {
+        self.on_io();
         if self.in_flight.load(Ordering::Acquire) == 0
             && self.head_since.load(Ordering::Relaxed) == NONE
         {
@@ -416,38 +438,43 @@ impl Activity {
         }
     }
 
+    /// Bytes moved (read or written).
+    pub fn on_io(&self) {
+        self.last_io.store(self.now_ms(), Ordering::Release);
+    }
+
     /// A request's headers are complete and it is being served, until the
     /// returned guard drops (with the response body).
     pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.on_io();
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_since.store(NONE, Ordering::Release);
         InFlight(self.clone())
     }
 
-    /// When the connection expires unless something happens first; `None`
-    /// while a request is in flight (it never expires then).
-    pub fn deadline(&self, header: Duration, idle: Duration) -> Option<Instant> {
+    /// When the connection expires unless something happens first.
+    pub fn deadline(&self, limits: &Limits) -> Instant {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
+            return self.at(self.last_io.load(Ordering::Acquire)) + limits.stall;
         }
-        Some(match self.head_since.load(Ordering::Acquire) {
-            NONE => self.at(self.idle_since.load(Ordering::Acquire)) + idle,
-            since => self.at(since) + header,
-        })
+        match self.head_since.load(Ordering::Acquire) {
+            NONE => self.at(self.idle_since.load(Ordering::Acquire)) + limits.idle,
+            since => self.at(since) + limits.header,
+        }
     }
 
     /// Why the connection should close now, if it should.
-    pub fn expired(&self, header: Duration, idle: Duration) -> Option<&'static str> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
+    pub fn expired(&self, limits: &Limits) -> Option<&'static str> {
+        if Instant::now() < self.deadline(limits) {
             return None;
         }
-        let now = Instant::now();
-        match self.head_since.load(Ordering::Acquire) {
-            NONE => (now >= self.at(self.idle_since.load(Ordering::Acquire)) + idle)
-                .then_some("idle for the idle timeout"),
-            since => (now >= self.at(since) + header)
-                .then_some("request headers incomplete after the header timeout"),
-        }
+        Some(if self.in_flight.load(Ordering::Acquire) > 0 {
+            "a request in flight, and no byte moved for the stall timeout"
+        } else if self.head_since.load(Ordering::Acquire) == NONE {
+            "idle for the idle timeout"
+        } else {
+            "request headers incomplete after the header timeout"
+        })
     }
 }
 
@@ -464,7 +491,7 @@ impl Drop for InFlight {
     }
 }
 
-/// A socket that reports reads to its connection's [`Activity`].
+/// A socket that reports reads and writes to its connection's [`Activity`].
 struct Tracked {
     inner: TcpStream,
     activity: Arc<Activity>,
@@ -491,7 +518,11 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.on_io();
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -499,7 +530,11 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.on_io();
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -575,40 +610,53 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn idle_and_header_deadlines() {
-        let header = Duration::from_secs(10);
-        let idle = Duration::from_secs(60);
+    async fn idle_header_and_stall_deadlines() {
+        let limits = Limits {
+            header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            stall: Duration::from_secs(300),
+        };
         let a = Arc::new(Activity::new());
         let t0 = Instant::now();
         // Fresh and idle: closes after the idle timeout.
-        assert_eq!(a.deadline(header, idle), Some(t0 + idle));
-        assert_eq!(a.expired(header, idle), None);
+        assert_eq!(a.deadline(&limits), t0 + limits.idle);
+        assert_eq!(a.expired(&limits), None);
         tokio::time::advance(Duration::from_secs(5)).await;
         // A first byte: the header timeout runs from it.
         a.on_read();
-        let head_deadline = a.deadline(header, idle);
-        assert_eq!(head_deadline, Some(t0 + Duration::from_secs(15)));
+        let head_deadline = a.deadline(&limits);
+        assert_eq!(head_deadline, t0 + Duration::from_secs(15));
         // More bytes do not extend it (slowloris).
         tokio::time::advance(Duration::from_secs(5)).await;
         a.on_read();
-        assert_eq!(a.deadline(header, idle), head_deadline);
+        assert_eq!(a.deadline(&limits), head_deadline);
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(a.expired(header, idle).unwrap().contains("headers"));
+        assert!(a.expired(&limits).unwrap().contains("headers"));
 
-        // A request in flight never expires, however long.
+        // A request in flight lives as long as bytes keep moving.
         let b = Arc::new(Activity::new());
         b.on_read();
         let req = b.start_request();
-        tokio::time::advance(Duration::from_secs(600)).await;
-        b.on_read(); // its body
-        assert_eq!(b.expired(header, idle), None);
-        assert_eq!(b.deadline(header, idle), None);
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(100)).await;
+            b.on_read(); // its body
+            assert_eq!(b.expired(&limits), None);
+            tokio::time::advance(Duration::from_secs(100)).await;
+            b.on_io(); // its answer
+            assert_eq!(b.expired(&limits), None);
+        }
+        assert_eq!(b.deadline(&limits), Instant::now() + limits.stall);
+        // Nothing moves (the client stopped reading): closed after the stall timeout.
+        tokio::time::advance(limits.stall - Duration::from_secs(1)).await;
+        assert_eq!(b.expired(&limits), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(b.expired(&limits).unwrap().contains("stall"));
         drop(req);
         // Done: idle from now.
         let done = Instant::now();
-        assert_eq!(b.deadline(header, idle), Some(done + idle));
-        tokio::time::advance(idle).await;
-        assert!(b.expired(header, idle).unwrap().contains("idle"));
+        assert_eq!(b.deadline(&limits), done + limits.idle);
+        tokio::time::advance(limits.idle).await;
+        assert!(b.expired(&limits).unwrap().contains("idle"));
     }
 
     #[test]
