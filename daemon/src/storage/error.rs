@@ -14,9 +14,9 @@ pub(crate) fn is_disk_full(e: &io::Error) -> bool {
 /// always produce `Io`).
 pub(crate) fn classify(e: io::Error) -> StorageError {
     if is_disk_full(&e) {
-        StorageError::Full(e)
+        StorageError::Full(std::sync::Arc::new(e))
     } else {
-        StorageError::Io(e)
+        StorageError::Io(std::sync::Arc::new(e))
     }
 }
 
@@ -27,9 +27,9 @@ pub(crate) fn join_error(e: tokio::task::JoinError) -> io::Error {
 
 /// The error for using a writer after it failed or was committed.
 pub(crate) fn writer_closed() -> StorageError {
-    StorageError::Io(io::Error::other(
+    StorageError::Io(std::sync::Arc::new(io::Error::other(
         "object writer is closed (an earlier write failed or was interrupted)",
-    ))
+    )))
 }
 
 #[cfg(test)]

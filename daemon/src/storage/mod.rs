@@ -119,8 +119,9 @@ pub struct StorageStats {
     pub disk_bytes: u64,
 }
 
-/// Storage failures.
-#[derive(Debug, thiserror::Error)]
+/// Storage failures. Cheap to clone (I/O errors are shared), so one
+/// failure can be handed to every waiter.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// The object exceeds `max_object_size`.
     #[error("object of {size} bytes exceeds the limit of {limit} bytes")]
@@ -132,10 +133,16 @@ pub enum StorageError {
     },
     /// The disk is full (ENOSPC / EDQUOT).
     #[error("the daemon's disk is full ({0}); free space in the data directory or evict objects")]
-    Full(io::Error),
+    Full(Arc<io::Error>),
     /// Any other I/O failure.
     #[error("storage I/O error: {0}")]
-    Io(#[from] io::Error),
+    Io(Arc<io::Error>),
+}
+
+impl From<io::Error> for StorageError {
+    fn from(e: io::Error) -> Self {
+        StorageError::Io(Arc::new(e))
+    }
 }
 
 /// The store. Cheap to share behind an `Arc`; all methods take `&self`.

@@ -58,18 +58,17 @@ impl Inner {
                     // Replaced or evicted meanwhile? Then look again.
                     let same = self.index.snapshot(name).and_then(|s| s.file) == Some(id);
                     if same {
-                        return Err(StorageError::Io(io::Error::new(
+                        return Err(io::Error::new(
                             io::ErrorKind::NotFound,
                             format!("data file of {name} vanished from the data directory"),
-                        )));
+                        )
+                        .into());
                     }
                 }
                 Err(e) => return Err(classify(e)),
             }
         }
-        Err(StorageError::Io(io::Error::other(format!(
-            "{name} kept being replaced while opening it"
-        ))))
+        Err(io::Error::other(format!("{name} kept being replaced while opening it")).into())
     }
 }
 
