@@ -304,6 +304,7 @@ pub async fn run_with_keypair(config: RelayConfig, keypair: Keypair) -> Result<R
         members: members.clone(),
         commands,
         connected: HashMap::new(),
+        connections: HashMap::new(),
         hello_deadline: membership.hello_deadline,
         denials: LogLimiter::new(DENIAL_LOG_INTERVAL),
         limit_log: LogLimiter::new(DENIAL_LOG_INTERVAL),
@@ -432,6 +433,8 @@ struct Driver {
     commands: mpsc::UnboundedReceiver<Command>,
     /// Connected peers, with when their first current connection opened.
     connected: HashMap<PeerId, Instant>,
+    /// Each connected peer's connections, oldest first.
+    connections: HashMap<PeerId, Vec<libp2p::swarm::ConnectionId>>,
     /// How long a connected peer has to prove membership.
     hello_deadline: Duration,
     /// Rate-limits the logging of refused reservations and circuits.
@@ -647,20 +650,32 @@ impl Driver {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
                 tracing::debug!(%peer_id, address = %endpoint.get_remote_address(), num_established, "connected");
                 self.connected.entry(peer_id).or_insert_with(Instant::now);
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .push(connection_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 cause,
                 num_established,
                 ..
             } => {
                 tracing::debug!(%peer_id, ?cause, num_established, "disconnected");
+                if let Some(c) = self.connections.get_mut(&peer_id) {
+                    c.retain(|id| *id != connection_id);
+                    if c.is_empty() {
+                        self.connections.remove(&peer_id);
+                    }
+                }
                 if num_established == 0 {
                     self.connected.remove(&peer_id);
                     if self.members.forget(&peer_id) {
@@ -767,7 +782,37 @@ impl Driver {
                     tracing::warn!(src = %src_peer_id, dst = %dst_peer_id, reason, ?status, suppressed, "circuit refused");
                 }
             }
+            ReservationReqAccepted {
+                src_peer_id,
+                renewed: false,
+            } => {
+                self.supersede(src_peer_id);
+                on_relay_event(ReservationReqAccepted {
+                    src_peer_id,
+                    renewed: false,
+                });
+            }
             event => on_relay_event(event),
+        }
+    }
+
+    /// A peer made a new reservation: its older connections belong to an
+    /// earlier run of it (a daemon that restarted leaves a dead QUIC
+    /// connection behind until it times out), and circuits must not be
+    /// routed over them. Close them.
+    fn supersede(&mut self, peer: PeerId) {
+        let Some(conns) = self.connections.get(&peer) else {
+            return;
+        };
+        let Some((newest, older)) = conns.split_last() else {
+            return;
+        };
+        if older.is_empty() {
+            return;
+        }
+        tracing::info!(%peer, older = older.len(), newest = ?newest, "a new reservation supersedes the peer's older connections; closing them");
+        for &id in older {
+            self.swarm.close_connection(id);
         }
     }
 }
