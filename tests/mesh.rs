@@ -72,9 +72,13 @@ fn put_at_a_get_at_b_and_c_direct_then_cached() {
             r.header("x-proxymesh-blake3"),
             Some(blake3::hash(&data).to_hex().as_str())
         );
-        // Same host: the hole punch (or a direct dial) must win over the relay.
+        // The transfer started at once on whatever connection there was
+        // (a first contact may begin on the relay).
         let path = r.header("x-proxymesh-path").unwrap_or_default().to_string();
-        assert!(path.starts_with("direct/"), "path {path}");
+        assert!(
+            ["direct/quic", "direct/tcp", "relayed/quic", "relayed/tcp"].contains(&path.as_str()),
+            "path {path}"
+        );
         // The second resolution is local.
         let r = get(consumer, &ticket);
         assert_eq!(
@@ -84,22 +88,31 @@ fn put_at_a_get_at_b_and_c_direct_then_cached() {
         assert_eq!(r.body, data);
         assert_eq!(transfers(consumer), 1);
     }
-    // The consumer's status shows the producer as a direct peer.
-    let peers = status(&b)["mesh"]["peers"].clone();
-    let to_a = peers
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["peer_id"] == a.peer_id.as_str())
-        .expect("A listed");
-    assert!(
-        to_a["connections"]
-            .as_array()
-            .unwrap()
+    // Same host: the hole punch (or a direct dial) wins over the relay, and
+    // the relayed connection is closed: the consumer's status shows the
+    // producer as a direct peer only.
+    let only_direct = |d: &DaemonProcess| {
+        let peers = status(d)["mesh"]["peers"].clone();
+        let to_a = peers
+            .as_array()?
             .iter()
-            .all(|c| c["path"] == "direct"),
-        "{to_a}"
+            .find(|p| p["peer_id"] == a.peer_id.as_str())?
+            .clone();
+        let conns = to_a["connections"].as_array()?.clone();
+        (!conns.is_empty() && conns.iter().all(|c| c["path"] == "direct")).then_some(())
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || only_direct(&b)).is_some(),
+        "no direct-only connection to A: {}",
+        status(&b)
     );
+    // A new object now travels direct.
+    let more = pattern(1 << 20, 2);
+    let r = get(&b, &put(&a, &more));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, more);
+    let path = r.header("x-proxymesh-path").unwrap_or_default();
+    assert!(path.starts_with("direct/"), "path {path}");
     // Discovery through the relay lists the other daemons.
     let found = wait_until(Duration::from_secs(70), || {
         let d = status(&b)["mesh"]["discovered"].clone();
@@ -270,6 +283,87 @@ fn producer_killed_mid_transfer_gives_a_prompt_error() {
         "took {:?}",
         t.elapsed()
     );
+}
+
+#[test]
+fn a_get_right_after_the_producer_restarted_succeeds() {
+    let relay = RelayProcess::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let start_a = || {
+        let mut flags = relay.member_flags(dir.path());
+        flags.push("--persist".into());
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let a = DaemonProcess::start_in(dir.path(), &flags);
+        wait_until(Duration::from_secs(30), || reserved(&a).then_some(()))
+            .unwrap_or_else(|| panic!("A got no reservation: {}", status(&a)));
+        a
+    };
+    let mut a = start_a();
+    let b = mesh_daemon(&relay, &[]);
+    let first = pattern(1 << 20, 6);
+    let r = get(&b, &put(&a, &first));
+    assert_eq!((r.status, r.body == first), (200, true), "{}", r.text());
+    // SIGKILL: the connection B holds to A is dead without B knowing.
+    let peer = a.peer_id.clone();
+    a.kill();
+    let a = start_a();
+    assert_eq!(a.peer_id, peer, "same identity after the restart");
+    let second = pattern(1 << 20, 7);
+    let ticket = put(&a, &second);
+    let t = Instant::now();
+    let r = get(&b, &ticket);
+    let took = t.elapsed();
+    assert_eq!(
+        r.status,
+        200,
+        "the first get after the restart failed: {}",
+        r.text()
+    );
+    assert!(r.body == second);
+    eprintln!("first get after the producer restarted: {took:?}");
+}
+
+#[test]
+fn two_concurrent_first_gets_to_one_peer_both_succeed() {
+    let relay = RelayProcess::start(&[]);
+    let a = mesh_daemon(&relay, &[]);
+    let b = mesh_daemon(&relay, &[]);
+    let objects: Vec<(String, Vec<u8>)> = (0..2)
+        .map(|i| {
+            let data = pattern(2 << 20, 10 + i);
+            (put(&a, &data), data)
+        })
+        .collect();
+    // No connection between B and A yet: both gets open the first one.
+    std::thread::scope(|scope| {
+        let gets: Vec<_> = objects
+            .iter()
+            .map(|(ticket, data)| {
+                let b = &b;
+                scope.spawn(move || {
+                    let r = get(b, ticket);
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    assert!(r.body == *data, "bytes differ");
+                })
+            })
+            .collect();
+        for g in gets {
+            g.join().expect("a concurrent first get failed");
+        }
+    });
+}
+
+#[test]
+fn a_get_issued_while_the_mesh_comes_up_waits_for_it() {
+    let relay = RelayProcess::start(&[]);
+    let a = mesh_daemon(&relay, &[]);
+    let data = pattern(1 << 20, 12);
+    let ticket = put(&a, &data);
+    // B's API is up before it holds a reservation: ask at once.
+    let b = relay.start_daemon(&[]);
+    let r = get(&b, &ticket);
+    assert_eq!(r.status, 200, "a get during start-up failed: {}", r.text());
+    assert!(r.body == data);
 }
 
 #[test]

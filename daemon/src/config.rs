@@ -195,7 +195,7 @@ impl Config {
             .iter()
             .map(|a| parse("relay address", a))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        crate::mesh::swarm::relay_slots(&relays).map_err(anyhow::Error::msg)?;
+        crate::mesh::event_loop::relay_slots(&relays).map_err(anyhow::Error::msg)?;
         let external_addrs = self
             .external_addresses
             .iter()
@@ -226,7 +226,7 @@ impl Config {
             connect_timeout: Duration::from_secs_f64(self.connect_timeout),
             hole_punch_timeout: Duration::from_secs_f64(self.hole_punch_timeout),
             directory_refresh: Duration::from_secs_f64(self.directory_refresh),
-            serve: crate::mesh::transfer::ServeConfig::default(),
+            serve: crate::mesh::serve::ServeConfig::default(),
             fetch: crate::mesh::fetcher::FetchConfig {
                 idle_timeout: Duration::from_secs_f64(self.idle_timeout),
                 cache_cap: self.cache_cap,

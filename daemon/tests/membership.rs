@@ -12,8 +12,8 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use proxymesh::membership::wire::{read_message, write_message, Message};
 use proxymesh::Key;
+use proxymesh_daemon::mesh::client::{self, RateFloor, Timeouts};
 use proxymesh_daemon::mesh::protocol::{RemoteName, PROTOCOL as FETCH};
-use proxymesh_daemon::mesh::transfer::{self, RateFloor, Timeouts};
 use proxymesh_daemon::mesh::MeshError;
 use proxymesh_suite::{bin_path, http, wait_until, DaemonProcess, RelayProcess, TestMesh};
 
@@ -229,7 +229,7 @@ fn a_bare_libp2p_node_is_refused_every_request_and_dropped() {
         // Fetch with a valid ticket, without proving membership: refused, dropped.
         let mut o = Outsider::connect(quic.clone()).await;
         let s = o.stream(a_peer, FETCH).await;
-        let err = transfer::get(s, a_peer, &RemoteName::Native(id), 0, None, timeouts())
+        let err = client::get(s, a_peer, &RemoteName::Native(id), 0, None, timeouts())
             .await
             .err()
             .expect("the fetch is refused");
@@ -241,7 +241,7 @@ fn a_bare_libp2p_node_is_refused_every_request_and_dropped() {
         let mut o = Outsider::connect(quic.clone()).await;
         let s = o.stream(a_peer, FETCH).await;
         assert!(
-            transfer::evict(s, a_peer, &RemoteName::Native(id), None, timeouts())
+            client::evict(s, a_peer, &RemoteName::Native(id), None, timeouts())
                 .await
                 .is_err()
         );
@@ -251,7 +251,7 @@ fn a_bare_libp2p_node_is_refused_every_request_and_dropped() {
             bytes::Bytes::from_static(b"planted"),
         )]));
         let planted = RemoteName::Endpoint("planted-key".into());
-        assert!(transfer::put(s, a_peer, &planted, body, 7, timeouts())
+        assert!(client::put(s, a_peer, &planted, body, 7, timeouts())
             .await
             .is_err());
 

@@ -127,6 +127,38 @@ pub struct MeshStatus {
     /// When this daemon's credential expires (Unix seconds).
     #[serde(default)]
     pub credential_expires: Option<u64>,
+    /// The most recent transfers from other daemons (newest last), with the
+    /// paths that carried their bytes.
+    #[serde(default)]
+    pub recent_transfers: Vec<TransferStatus>,
+}
+
+/// One transfer of an object from another daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferStatus {
+    /// The daemon the bytes came from.
+    pub peer_id: String,
+    /// The object (its ID, or its ProxyStore key).
+    pub object: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Bytes received (and verified as far as they go) so far.
+    pub received: u64,
+    /// Every path that carried bytes, in order (`relayed/quic`,
+    /// `direct/quic`, ...): more than one when the transfer moved to a
+    /// hole-punched connection or resumed after a connection was lost.
+    pub paths: Vec<String>,
+    /// `running`, `done` or `failed: <why>`.
+    pub state: String,
+    /// Seconds since it started (until it ended, once it did).
+    pub secs: f64,
+}
+
+impl TransferStatus {
+    /// The paths as one string, e.g. `relayed/quic→direct/quic`.
+    pub fn path_history(&self) -> String {
+        self.paths.join("→")
+    }
 }
 
 /// One relay and the daemon's reservation there.

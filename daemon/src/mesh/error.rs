@@ -8,8 +8,9 @@ use libp2p::PeerId;
 use super::protocol::RemoteName;
 use crate::storage::StorageError;
 
-/// What went wrong talking to another daemon.
-#[derive(Debug, thiserror::Error)]
+/// What went wrong talking to another daemon. Cloned for every waiter of
+/// a coalesced fetch.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MeshError {
     /// No connection to the peer could be made (no address, all dials failed, no relay).
     #[error("peer {peer} is unreachable: {reason}")]

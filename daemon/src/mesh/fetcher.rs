@@ -38,17 +38,23 @@ use lru::LruCache;
 use proxymesh::{ObjectId, OwnerCap};
 use tokio::sync::mpsc;
 
+use super::client::{self, Body, Timeouts};
 use super::protocol::RemoteName;
 use super::singleflight::{Join, Leader, SingleFlight};
-use super::transfer::{self, Body, Timeouts};
 use super::{MeshError, PathInfo, StreamOpener};
 use crate::storage::{ChunkStream, ObjectName, ObjectReader, ObjectWriter, Storage, StorageError};
 
 #[cfg(test)]
 mod tests;
 
+/// Most times one transfer continues on a new stream after its stream
+/// broke or stalled.
+const MAX_RESUMES: u32 = 3;
+/// Transfers kept in [`Fetcher::recent`].
+const RECENT_TRANSFERS: usize = 32;
+
 /// Chunks buffered between the network task and the body handed out
-/// (each up to [`transfer::CHUNK`] bytes).
+/// (each up to [`CHUNK`](super::protocol::CHUNK) bytes).
 const PIPELINE_CHUNKS: usize = 8;
 
 /// Fetch settings.
@@ -59,8 +65,8 @@ pub struct FetchConfig {
     /// Longest time without a byte arriving while an object streams in;
     /// then the transfer fails with [`MeshError::TimedOut`].
     pub idle_timeout: Duration,
-    /// Slowest rate a transfer may keep for long (see [`transfer::RateFloor`]).
-    pub floor: transfer::RateFloor,
+    /// Slowest rate a transfer may keep for long (see [`client::RateFloor`]).
+    pub floor: client::RateFloor,
     /// Total bytes of cached copies kept; least recently used beyond it are
     /// evicted.
     pub cache_cap: u64,
@@ -71,7 +77,7 @@ impl Default for FetchConfig {
         Self {
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(10),
-            floor: transfer::RateFloor::default(),
+            floor: client::RateFloor::default(),
             cache_cap: 4 << 30,
         }
     }
@@ -143,6 +149,54 @@ struct Inner {
     flights: SingleFlight<CacheKey, Outcome>,
     cache: Mutex<CacheIndex>,
     transfers: AtomicU64,
+    recent: Mutex<std::collections::VecDeque<Arc<Transfer>>>,
+}
+
+/// One transfer, as status shows it.
+struct Transfer {
+    peer: PeerId,
+    name: RemoteName,
+    size: u64,
+    started: Instant,
+    received: AtomicU64,
+    /// Every path that carried bytes, in order.
+    paths: Mutex<Vec<PathInfo>>,
+    /// `None` while running; then `done` or `failed: …`, and when.
+    ended: Mutex<Option<(String, Instant)>>,
+}
+
+impl Transfer {
+    fn status(&self) -> proxymesh::api::TransferStatus {
+        let ended = self.ended.lock().expect("transfer lock").clone();
+        let (state, secs) = match ended {
+            Some((state, at)) => (state, at.duration_since(self.started)),
+            None => ("running".to_string(), self.started.elapsed()),
+        };
+        proxymesh::api::TransferStatus {
+            peer_id: self.peer.to_string(),
+            object: match &self.name {
+                RemoteName::Native(id) => id.to_string(),
+                RemoteName::Endpoint(key) => key.clone(),
+            },
+            size: self.size,
+            received: self.received.load(Ordering::Relaxed),
+            paths: history(&self.paths.lock().expect("transfer lock")),
+            state,
+            secs: secs.as_secs_f64(),
+        }
+    }
+}
+
+/// Paths as text, with consecutive repeats folded.
+fn history(paths: &[PathInfo]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in paths {
+        let p = p.to_string();
+        if out.last() != Some(&p) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// Fetches objects from other daemons (cheap to clone).
@@ -175,6 +229,7 @@ impl Fetcher {
                     bytes: 0,
                 }),
                 transfers: AtomicU64::new(0),
+                recent: Mutex::new(std::collections::VecDeque::new()),
             }),
         }
     }
@@ -235,7 +290,7 @@ impl Fetcher {
                         }
                         // Evicted meanwhile: fetch again.
                     }
-                    Ok(Outcome::Failed(e)) => return Err(duplicate(&e)),
+                    Ok(Outcome::Failed(e)) => return Err((*e).clone()),
                     // Nothing to read: lead (or follow) a new fetch.
                     Ok(Outcome::NotCached) | Err(_) => {}
                 },
@@ -250,8 +305,55 @@ impl Fetcher {
         name: RemoteName,
         addrs: &[Multiaddr],
     ) -> Result<bool, MeshError> {
-        let (stream, _) = self.inner.opener.open(peer, addrs).await?;
-        transfer::exists(stream, peer, &name, self.timeouts()).await
+        self.twice(peer, addrs, |stream| {
+            client::exists(stream, peer, &name, self.timeouts())
+        })
+        .await
+    }
+
+    /// Run a one-request exchange on a new stream; once more on another if
+    /// the first stream broke (e.g. its relayed connection closed as a
+    /// direct one came up).
+    async fn twice<T, F, Fut>(
+        &self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+        exchange: F,
+    ) -> Result<T, MeshError>
+    where
+        F: Fn(libp2p::Stream) -> Fut,
+        Fut: std::future::Future<Output = Result<T, MeshError>>,
+    {
+        Ok(self.twice_on(peer, addrs, exchange).await?.0)
+    }
+
+    /// [`twice`](Self::twice), with the path of the stream that answered.
+    async fn twice_on<T, F, Fut>(
+        &self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+        exchange: F,
+    ) -> Result<(T, PathInfo), MeshError>
+    where
+        F: Fn(libp2p::Stream) -> Fut,
+        Fut: std::future::Future<Output = Result<T, MeshError>>,
+    {
+        let opener = &self.inner.opener;
+        let (stream, path) = opener.open(peer, addrs).await?;
+        // A direct path coming up closes the relayed connection under the
+        // exchange (its streams may hang rather than fail): ask again then.
+        let first = tokio::select! {
+            answer = exchange(stream) => Some(answer),
+            () = opener.better_path(peer, path) => None,
+        };
+        let why = match first {
+            Some(Err(MeshError::Unreachable { reason, .. })) => reason,
+            Some(other) => return Ok((other?, path)),
+            None => "a direct path came up".to_string(),
+        };
+        tracing::debug!(%peer, %why, "asking again on a new stream");
+        let (stream, path) = opener.open(peer, addrs).await?;
+        Ok((exchange(stream).await?, path))
     }
 
     /// Make `peer` remove `name` (a native object needs its `owner`
@@ -268,8 +370,10 @@ impl Fetcher {
         if let RemoteName::Native(id) = name {
             self.drop_cached((peer, id)).await?;
         }
-        let (stream, _) = self.inner.opener.open(peer, addrs).await?;
-        transfer::evict(stream, peer, &name, owner, self.timeouts()).await
+        self.twice(peer, addrs, |stream| {
+            client::evict(stream, peer, &name, owner, self.timeouts())
+        })
+        .await
     }
 
     /// Store `body` (exactly `size` bytes) as `name` at `peer` (forwarded
@@ -284,7 +388,35 @@ impl Fetcher {
     ) -> Result<(), MeshError> {
         let (stream, path) = self.inner.opener.open(peer, addrs).await?;
         let started = Instant::now();
-        transfer::put(stream, peer, &name, body, size, self.timeouts()).await?;
+        client::put(stream, peer, &name, body, size, self.timeouts()).await?;
+        tracing::info!(%peer, %name, size, %path, elapsed = ?started.elapsed(), "stored at peer");
+        Ok(())
+    }
+
+    /// [`put`](Self::put) a body that can be read again: if the stream
+    /// breaks midway (e.g. its relayed connection closed as a direct one
+    /// came up), the put starts over once on a new stream.
+    pub async fn put_again<F, Fut>(
+        &self,
+        peer: PeerId,
+        name: RemoteName,
+        addrs: &[Multiaddr],
+        size: u64,
+        body: F,
+    ) -> Result<(), MeshError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<ChunkStream, MeshError>>,
+    {
+        let timeouts = self.timeouts();
+        let started = Instant::now();
+        let (body, name) = (&body, &name);
+        let (_, path) = self
+            .twice_on(peer, addrs, |stream| async move {
+                let chunks = body().await?;
+                client::put(stream, peer, name, chunks, size, timeouts).await
+            })
+            .await?;
         tracing::info!(%peer, %name, size, %path, elapsed = ?started.elapsed(), "stored at peer");
         Ok(())
     }
@@ -292,6 +424,13 @@ impl Fetcher {
     /// Network transfers of objects started (streams opened for a get).
     pub fn transfers(&self) -> u64 {
         self.inner.transfers.load(Ordering::Relaxed)
+    }
+
+    /// The most recent transfers (newest last), with the paths that
+    /// carried their bytes.
+    pub fn recent(&self) -> Vec<proxymesh::api::TransferStatus> {
+        let recent = self.inner.recent.lock().expect("recent lock");
+        recent.iter().map(|t| t.status()).collect()
     }
 
     /// Bytes of cached copies tracked.
@@ -354,9 +493,12 @@ impl Fetcher {
     ) -> Result<Fetched, MeshError> {
         let timeouts = self.timeouts();
         let started = async {
-            let (stream, path) = self.inner.opener.open(peer, addrs).await?;
+            let (body, path) = self
+                .twice_on(peer, addrs, |stream| {
+                    client::get(stream, peer, &name, 0, None, timeouts)
+                })
+                .await?;
             self.inner.transfers.fetch_add(1, Ordering::Relaxed);
-            let body = transfer::get(stream, peer, &name, 0, None, timeouts).await?;
             if let Some(want) = expect.filter(|w| *w != body.hash()) {
                 return Err(MeshError::Corrupt {
                     peer,
@@ -374,7 +516,7 @@ impl Fetcher {
             Ok(x) => x,
             Err(e) => {
                 if let Some(leader) = leader {
-                    leader.complete(Outcome::Failed(Arc::new(duplicate(&e))));
+                    leader.complete(Outcome::Failed(Arc::new(e.clone())));
                 }
                 return Err(e);
             }
@@ -394,16 +536,36 @@ impl Fetcher {
             _ => None,
         };
         tracing::info!(%peer, %name, size, %path, cached = writer.is_some(), "fetching");
+        let record = Arc::new(Transfer {
+            peer,
+            name: name.clone(),
+            size,
+            started: Instant::now(),
+            received: AtomicU64::new(0),
+            paths: Mutex::new(vec![path]),
+            ended: Mutex::new(None),
+        });
+        {
+            let mut recent = self.inner.recent.lock().expect("recent lock");
+            if recent.len() >= RECENT_TRANSFERS {
+                recent.pop_front();
+            }
+            recent.push_back(record.clone());
+        }
         let (tx, rx) = mpsc::channel(PIPELINE_CHUNKS);
         let pump = Pump {
             inner: Arc::clone(&self.inner),
             peer,
             name,
-            path,
+            addrs: addrs.to_vec(),
             body,
             writer,
             tx: Some(tx),
             leader,
+            record,
+            resumes: 0,
+            moves: 0,
+            timeouts,
         };
         tokio::spawn(pump.run());
         let body: ChunkStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
@@ -461,20 +623,59 @@ struct Pump {
     inner: Arc<Inner>,
     peer: PeerId,
     name: RemoteName,
-    path: PathInfo,
+    /// Where the peer was reached (for resuming).
+    addrs: Vec<Multiaddr>,
     body: Body<libp2p::Stream>,
     writer: Option<ObjectWriter>,
     /// `None` once the body's reader went away.
     tx: Option<mpsc::Sender<io::Result<Bytes>>>,
     leader: Option<Leader<CacheKey, Outcome>>,
+    record: Arc<Transfer>,
+    /// Times the transfer continued after its stream broke or stalled.
+    resumes: u32,
+    /// Times it moved to a better path.
+    moves: u32,
+    timeouts: Timeouts,
 }
 
 impl Pump {
     async fn run(mut self) {
         let started = Instant::now();
         let outcome = loop {
-            match self.body.next_chunk().await {
+            let current = *self
+                .record
+                .paths
+                .lock()
+                .expect("transfer lock")
+                .last()
+                .expect("a path");
+            let opener = Arc::clone(&self.inner.opener);
+            let (peer, may_move) = (self.peer, self.moves < MAX_RESUMES);
+            let better = async move {
+                if may_move {
+                    opener.better_path(peer, current).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            let next = tokio::select! {
+                next = self.body.next_chunk() => next,
+                () = better => {
+                    self.moves += 1;
+                    // Move to the direct path from the first byte not yet
+                    // handed out (bytes half-read on the old stream are
+                    // dropped with it).
+                    if let Err(e) = self.resume("a direct path came up").await {
+                        tracing::info!(peer = %self.peer, name = %self.name, error = %e, "cannot move the transfer to the direct path; staying");
+                    }
+                    continue;
+                }
+            };
+            match next {
                 Ok(Some(chunk)) => {
+                    self.record
+                        .received
+                        .store(self.body.received(), Ordering::Relaxed);
                     if let Some(w) = &mut self.writer {
                         if let Err(e) = w.write(chunk.clone()).await {
                             tracing::warn!(peer = %self.peer, name = %self.name, error = %e, "not caching the object");
@@ -505,8 +706,25 @@ impl Pump {
                 // Only for empty objects: everything else ends on its last chunk.
                 Ok(None) => break self.commit().await,
                 Err(e) => {
+                    if self.body.broke().is_some() && self.resumes < MAX_RESUMES {
+                        self.resumes += 1;
+                        let why = if self.body.broke() == Some(client::Break::Stalled) {
+                            "the stream stalled"
+                        } else {
+                            "the stream broke"
+                        };
+                        match self.resume(why).await {
+                            Ok(()) => continue,
+                            // Report the break itself.
+                            Err(again) => {
+                                tracing::warn!(peer = %self.peer, name = %self.name, error = %again, "cannot resume the transfer")
+                            }
+                        }
+                    }
                     self.writer = None;
-                    tracing::warn!(path = %self.path, error = %e, "transfer failed");
+                    tracing::warn!(paths = %self.paths(), error = %e, "transfer failed");
+                    *self.record.ended.lock().expect("transfer lock") =
+                        Some((format!("failed: {e}"), Instant::now()));
                     let kind = match e {
                         MeshError::TimedOut { .. } => io::ErrorKind::TimedOut,
                         MeshError::Corrupt { .. } => io::ErrorKind::InvalidData,
@@ -525,12 +743,14 @@ impl Pump {
         if matches!(outcome, Outcome::Cached | Outcome::NotCached)
             && self.body.received() == self.body.len()
         {
+            *self.record.ended.lock().expect("transfer lock") =
+                Some(("done".to_string(), Instant::now()));
             let secs = started.elapsed().as_secs_f64();
             tracing::info!(
                 peer = %self.peer,
                 name = %self.name,
                 size = self.body.size(),
-                path = %self.path,
+                paths = %self.paths(),
                 secs,
                 mib_per_s = self.body.size() as f64 / (1 << 20) as f64 / secs.max(1e-9),
                 "fetched"
@@ -539,6 +759,42 @@ impl Pump {
         if let Some(leader) = self.leader.take() {
             leader.complete(outcome);
         }
+    }
+
+    fn paths(&self) -> String {
+        history(&self.record.paths.lock().expect("transfer lock")).join("→")
+    }
+
+    /// Continue the transfer on a new stream from the first byte not yet
+    /// received (the old stream broke: e.g. its relayed connection closed
+    /// because a direct one came up, or the peer restarted). A stalled
+    /// stream's connection is replaced. Bounded by the idle timeout: bytes
+    /// must flow again within it, as on any stream.
+    async fn resume(&mut self, why: &str) -> Result<(), MeshError> {
+        let idle = self.timeouts.idle;
+        tokio::time::timeout(idle, self.resume_now(why))
+            .await
+            .map_err(|_| MeshError::TimedOut {
+                peer: self.peer,
+                id: Some(self.name.clone()),
+                phase: "resuming the transfer",
+                after: idle,
+            })?
+    }
+
+    async fn resume_now(&mut self, why: &str) -> Result<(), MeshError> {
+        let stalled = self.body.broke() == Some(client::Break::Stalled);
+        tracing::info!(peer = %self.peer, name = %self.name, received = self.body.received(), of = self.body.len(), "{why}; continuing the transfer on a new stream");
+        let opener = &self.inner.opener;
+        let (stream, path) = if stalled {
+            opener.reopen(self.peer, &self.addrs).await?
+        } else {
+            opener.open(self.peer, &self.addrs).await?
+        };
+        self.body.resume(stream, self.timeouts).await?;
+        self.record.paths.lock().expect("transfer lock").push(path);
+        tracing::info!(peer = %self.peer, name = %self.name, %path, from = self.body.received(), "transfer resumed");
+        Ok(())
     }
 
     async fn send(&mut self, item: io::Result<Bytes>) {
@@ -572,51 +828,4 @@ impl Pump {
 
 fn remote_name((peer, id): CacheKey) -> ObjectName {
     ObjectName::Remote { peer, id }
-}
-
-/// A copy of `e` for a follower (I/O errors keep their kind and message).
-fn duplicate(e: &MeshError) -> MeshError {
-    let io = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
-    match e {
-        MeshError::Unreachable { peer, reason } => MeshError::Unreachable {
-            peer: *peer,
-            reason: reason.clone(),
-        },
-        MeshError::NotFound { peer, id } => MeshError::NotFound {
-            peer: *peer,
-            id: id.clone(),
-        },
-        MeshError::Refused { peer, reason } => MeshError::Refused {
-            peer: *peer,
-            reason: reason.clone(),
-        },
-        MeshError::Corrupt { peer, id, reason } => MeshError::Corrupt {
-            peer: *peer,
-            id: id.clone(),
-            reason: reason.clone(),
-        },
-        MeshError::TimedOut {
-            peer,
-            id,
-            phase,
-            after,
-        } => MeshError::TimedOut {
-            peer: *peer,
-            id: id.clone(),
-            phase,
-            after: *after,
-        },
-        MeshError::Protocol { peer, reason } => MeshError::Protocol {
-            peer: *peer,
-            reason: reason.clone(),
-        },
-        MeshError::Storage(s) => MeshError::Storage(match s {
-            StorageError::TooLarge { size, limit } => StorageError::TooLarge {
-                size: *size,
-                limit: *limit,
-            },
-            StorageError::Full(e) => StorageError::Full(io(e)),
-            StorageError::Io(e) => StorageError::Io(io(e)),
-        }),
-    }
 }

@@ -4,11 +4,16 @@
 //! relayed connections to direct ones (DCUtR hole punching) and serves and
 //! fetches objects over bulk streams — to and from members of its mesh only.
 //!
-//! Membership (who is served; credentials checked on the member protocol):
-//! `members`. Control plane (connections, relays, discovery, paths):
-//! `behaviour`, `swarm`. Data plane (the fetch protocol, serving, fetching with
-//! verification, caching and coalescing): `protocol`, `transfer`,
-//! `singleflight`, `fetcher`. They meet at [`StreamOpener`].
+//! - Control plane: `event_loop` (the one task owning the swarm: relays,
+//!   members, connections, paths), `behaviour` (what the swarm speaks),
+//!   `members` (the member protocol: who is served), `addr`.
+//! - Data plane: `protocol` (the fetch protocol's wire format), `serve`
+//!   (answering members), `client` (one request to a peer), `fetcher`
+//!   (verified, resumable, coalesced fetches and the cache of fetched
+//!   copies), `singleflight`.
+//!
+//! They meet at [`StreamOpener`] (`opener`): the data plane asks for a
+//! stream to a peer, the control plane finds a connection.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,16 +25,20 @@ use proxymesh::api::{self as local_api, Path, Transport};
 use proxymesh::membership::{Credential, Gate, Policy};
 use tokio::sync::mpsc;
 
+// Control plane.
+pub mod addr;
 pub mod behaviour;
-pub mod error;
+pub mod event_loop;
 pub mod members;
-pub mod swarm;
+pub mod opener;
 // Data plane.
+pub mod client;
 pub mod fetcher;
 pub mod protocol;
+pub mod serve;
 pub mod singleflight;
-pub mod transfer;
 
+pub mod error;
 pub use error::MeshError;
 
 /// How a bulk stream reaches its peer.
@@ -67,6 +76,24 @@ pub trait StreamOpener: Send + Sync + 'static {
         peer: PeerId,
         addrs: &[Multiaddr],
     ) -> Result<(libp2p::Stream, PathInfo), MeshError>;
+
+    /// Resolves once a better path to `peer` than `current` exists (a
+    /// direct connection, for a transfer on a relayed one), so a transfer
+    /// can move to it. Never resolves by default.
+    async fn better_path(&self, peer: PeerId, current: PathInfo) {
+        let _ = (peer, current);
+        std::future::pending::<()>().await
+    }
+
+    /// Like [`open`](Self::open), after a stream to `peer` stalled: the
+    /// connection may be dead although it looks open, so replace it.
+    async fn reopen(
+        &self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+    ) -> Result<(libp2p::Stream, PathInfo), MeshError> {
+        self.open(peer, addrs).await
+    }
 }
 
 /// Mesh settings.
@@ -86,8 +113,10 @@ pub struct MeshConfig {
     pub external_addrs: Vec<Multiaddr>,
     /// Longest wait for a first connection to a peer.
     pub connect_timeout: Duration,
-    /// Longest wait for a hole-punched direct connection before a transfer
-    /// settles for the relayed one.
+    /// Longest a hole punch may take. Transfers never wait for one (they
+    /// start on the relayed connection and move to the direct one when it
+    /// comes); a peer connecting to us may take this plus the connect
+    /// timeout before it must have proved its membership.
     pub hole_punch_timeout: Duration,
     /// How often the relays are asked again for the members and the
     /// newest revocation list (revocations take effect within this).
@@ -95,7 +124,7 @@ pub struct MeshConfig {
     /// Fetching, verification and caching.
     pub fetch: fetcher::FetchConfig,
     /// Serving other members (timeouts, write quota).
-    pub serve: transfer::ServeConfig,
+    pub serve: serve::ServeConfig,
 }
 
 impl Default for MeshConfig {
@@ -109,21 +138,20 @@ impl Default for MeshConfig {
             connect_timeout: Duration::from_secs(20),
             hole_punch_timeout: Duration::from_secs(8),
             directory_refresh: Duration::from_secs(60),
-            serve: transfer::ServeConfig::default(),
+            serve: serve::ServeConfig::default(),
             fetch: fetcher::FetchConfig::default(),
         }
     }
 }
 
-/// This daemon's mesh node: a handle to the swarm task, the fetcher, and the
-/// shared connection state. Cheap to clone.
+/// This daemon's mesh node: a handle to the event loop and the fetcher.
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct Mesh {
     peer_id: PeerId,
     credential: Option<Credential>,
     gate: Arc<Gate>,
-    shared: Arc<swarm::Shared>,
-    commands: mpsc::UnboundedSender<swarm::Command>,
+    network: event_loop::Network,
     fetcher: fetcher::Fetcher,
 }
 
@@ -170,7 +198,7 @@ impl Mesh {
                 Policy::Open
             }
         }));
-        let slots = swarm::relay_slots(&config.relays).map_err(anyhow::Error::msg)?;
+        let slots = event_loop::relay_slots(&config.relays).map_err(anyhow::Error::msg)?;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -210,7 +238,7 @@ impl Mesh {
                 .context("timed out starting the mesh listeners")?;
             match event {
                 libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } => {
-                    let t = swarm::transport_of(&address);
+                    let t = addr::transport_of(&address);
                     if !listening.contains(&t) {
                         listening.push(t);
                     }
@@ -227,13 +255,6 @@ impl Mesh {
         for a in &config.external_addrs {
             swarm.add_external_address(a.clone());
         }
-        let listen_addrs: Vec<Multiaddr> = swarm.listeners().cloned().collect();
-        let shared = Arc::new(swarm::Shared::default());
-        shared.init(|s| {
-            s.relays = slots;
-            s.listen_addrs = listen_addrs;
-            s.external_addrs = config.external_addrs.clone();
-        });
         let control = swarm.behaviour().stream.new_control();
         let (dropper, drops) = mpsc::unbounded_channel();
         let me = members::Me {
@@ -244,9 +265,28 @@ impl Mesh {
             .clone()
             .accept(members::PROTOCOL)
             .map_err(|e| anyhow::anyhow!("cannot serve the member protocol: {e}"))?;
+        let incoming = control
+            .clone()
+            .accept(protocol::PROTOCOL)
+            .map_err(|e| anyhow::anyhow!("cannot serve the fetch protocol: {e}"))?;
+        let (event_loop, network) = event_loop::EventLoop::new(
+            swarm,
+            event_loop::Parts {
+                relays: slots,
+                gate: gate.clone(),
+                me: me.clone(),
+                drops,
+                refresh_every: config.directory_refresh,
+                // A dialer proves membership once connected, which may take
+                // a hole punch.
+                prove_within: config.hole_punch_timeout
+                    + config.connect_timeout
+                    + members::HELLO_TIMEOUT,
+            },
+        );
         let advertised = {
-            let shared = shared.clone();
-            move || shared.read(swarm::State::advertised)
+            let network = network.clone();
+            move || network.snapshot().advertised()
         };
         tokio::spawn(members::serve(
             member_streams,
@@ -255,43 +295,23 @@ impl Mesh {
             advertised,
             dropper.clone(),
         ));
-        let incoming = control
-            .clone()
-            .accept(protocol::PROTOCOL)
-            .map_err(|e| anyhow::anyhow!("cannot serve the fetch protocol: {e}"))?;
         let storage = objects.storage().clone();
-        let server = transfer::Server::new(objects, gate.clone(), dropper.clone(), config.serve);
-        tokio::spawn(transfer::serve(incoming, Arc::new(server)));
-        let (tx, rx) = mpsc::unbounded_channel();
-        let parts = swarm::DriverParts {
-            shared: shared.clone(),
-            commands: rx,
-            gate: gate.clone(),
-            me: me.clone(),
-            drops,
-            refresh_every: config.directory_refresh,
-            // The dialer proves membership after waiting for a hole punch.
-            prove_within: config.hole_punch_timeout
-                + config.connect_timeout
-                + members::HELLO_TIMEOUT,
-        };
-        tokio::spawn(swarm::Driver::new(swarm, parts).run());
-        let opener = SwarmOpener {
-            shared: shared.clone(),
-            commands: tx.clone(),
+        let server = serve::Server::new(objects, gate.clone(), dropper, config.serve);
+        tokio::spawn(serve::serve(incoming, Arc::new(server)));
+        tokio::spawn(event_loop.run());
+        let opener = opener::SwarmOpener {
+            network: network.clone(),
             control,
             gate: gate.clone(),
             me,
             connect_timeout: config.connect_timeout,
-            hole_punch_timeout: config.hole_punch_timeout,
         };
         let fetcher = fetcher::Fetcher::new(storage, Arc::new(opener), config.fetch.clone());
         Ok(Self {
             peer_id,
             credential: config.credential,
             gate,
-            shared,
-            commands: tx,
+            network,
             fetcher,
         })
     }
@@ -308,10 +328,11 @@ impl Mesh {
 
     /// The mesh part of `proxymesh status`.
     pub fn status(&self) -> local_api::MeshStatus {
-        // Someone is looking: refresh discovery (rate-limited by the task).
-        let _ = self.commands.send(swarm::Command::Discover);
-        let mut status = self.shared.read(|s| s.status());
+        // Someone is looking: refresh discovery (rate-limited by the loop).
+        self.network.discover();
+        let mut status = self.network.snapshot().status();
         status.transfers = self.fetcher.transfers();
+        status.recent_transfers = self.fetcher.recent();
         status.open_mesh = self.gate.policy().is_open();
         status.mesh_id = self.credential.as_ref().map(|c| c.mesh().to_string());
         status.credential_expires = self.credential.as_ref().map(|c| {
@@ -325,7 +346,7 @@ impl Mesh {
     /// Addresses to put in keys so any daemon of the mesh can dial this one:
     /// relay circuits held now, then other confirmed external addresses.
     pub fn advertised_addrs(&self) -> Vec<Multiaddr> {
-        self.shared.read(swarm::State::advertised)
+        self.network.snapshot().advertised()
     }
 
     /// Who this daemon serves.
@@ -333,215 +354,21 @@ impl Mesh {
         &self.gate
     }
 
+    /// The event loop's handle.
+    pub fn network(&self) -> &event_loop::Network {
+        &self.network
+    }
+
     /// The member serving ProxyStore endpoint `uuid`, found through the
     /// relays' directories (asking them again if it is not known yet). A
     /// UUID is derived from its daemon's peer ID, so no other member can
     /// claim it.
     pub async fn find_endpoint(&self, uuid: &str) -> Option<(PeerId, Vec<Multiaddr>)> {
-        let lookup = |s: &swarm::State| {
-            s.discovered
-                .iter()
-                .find(|(_, d)| d.uuid == uuid)
-                .map(|(p, d)| (*p, d.addrs.clone()))
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(found) = self.shared.read(lookup) {
-                return Some(found);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            // Ask the relays again (the task sends at most one request a second).
-            let _ = self.commands.send(swarm::Command::Discover);
-            let step = (tokio::time::Instant::now() + Duration::from_millis(1100)).min(deadline);
-            self.shared.wait_for(step, lookup).await;
-        }
+        self.network.find_endpoint(uuid).await
     }
 
-    /// Stop the swarm task, closing every connection.
+    /// Stop the event loop, closing every connection.
     pub fn shutdown(&self) {
-        let _ = self.commands.send(swarm::Command::Shutdown);
-    }
-}
-
-/// The swarm's [`StreamOpener`]: dial if needed, prefer direct, then open.
-struct SwarmOpener {
-    shared: Arc<swarm::Shared>,
-    commands: mpsc::UnboundedSender<swarm::Command>,
-    control: libp2p_stream::Control,
-    gate: Arc<Gate>,
-    me: members::Me,
-    connect_timeout: Duration,
-    hole_punch_timeout: Duration,
-}
-
-impl SwarmOpener {
-    /// Every address worth trying for `peer`: the key's, discovery's, and the
-    /// key's relay circuits rebuilt on *our* addresses of the same relays (so
-    /// a site without UDP reaches a relay the key names by QUIC over TCP).
-    fn candidates(&self, peer: PeerId, addrs: &[Multiaddr]) -> Vec<Multiaddr> {
-        self.shared.read(|s| {
-            let mut out: Vec<Multiaddr> = addrs.to_vec();
-            if let Some(d) = s.discovered.get(&peer) {
-                out.extend(d.addrs.iter().cloned());
-            }
-            for a in addrs.iter().chain(
-                s.discovered
-                    .get(&peer)
-                    .map(|d| &d.addrs)
-                    .into_iter()
-                    .flatten(),
-            ) {
-                let Some(relay) = swarm::circuit_relay(a) else {
-                    continue;
-                };
-                if let Some(slot) = s.relays.iter().find(|r| r.peer == relay) {
-                    out.extend(
-                        slot.addrs
-                            .iter()
-                            .map(|r| r.clone().with(Protocol::P2pCircuit)),
-                    );
-                }
-            }
-            // With no hint at all, try through every relay we hold a reservation with.
-            if out.is_empty() {
-                out.extend(
-                    s.relays
-                        .iter()
-                        .filter(|r| r.reserved)
-                        .flat_map(|r| r.addrs.iter().map(|a| a.clone().with(Protocol::P2pCircuit))),
-                );
-            }
-            let mut seen = std::collections::HashSet::new();
-            out.retain(|a| seen.insert(a.clone()));
-            out
-        })
-    }
-
-    /// Present our credential to `peer` and admit it from its answer.
-    async fn prove_membership(&self, peer: PeerId) -> Result<(), MeshError> {
-        let mut control = self.control.clone();
-        let addrs = self.shared.read(swarm::State::advertised);
-        // A hello can be lost when the peer is flooded with them (its
-        // streams are handed over without a buffer): try once more.
-        let welcomed =
-            match members::hello(&mut control, peer, &self.me, addrs.clone(), &self.gate).await {
-                Err(e) if !matches!(e, MeshError::Refused { .. }) => {
-                    tracing::debug!(%peer, error = %e, "membership exchange failed; trying again");
-                    members::hello(&mut control, peer, &self.me, addrs, &self.gate).await?
-                }
-                other => other?,
-            };
-        if self.gate.is_member(&peer, SystemTime::now()) {
-            return Ok(());
-        }
-        let reason = welcomed
-            .rejected
-            .iter()
-            .find(|(p, _)| *p == peer)
-            .map_or_else(
-                || "it presented no credential".to_string(),
-                |(_, r)| r.clone(),
-            );
-        let _ = self.commands.send(swarm::Command::Drop {
-            peer,
-            reason: reason.clone(),
-        });
-        Err(MeshError::Refused {
-            peer,
-            reason: format!("not a member of our mesh: {reason}"),
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl StreamOpener for SwarmOpener {
-    async fn open(
-        &self,
-        peer: PeerId,
-        addrs: &[Multiaddr],
-    ) -> Result<(libp2p::Stream, PathInfo), MeshError> {
-        // 1. A connection, any path.
-        if self.shared.read(|s| !s.conns.contains_key(&peer)) {
-            let candidates = self.candidates(peer, addrs);
-            if candidates.is_empty() {
-                return Err(MeshError::Unreachable {
-                    peer,
-                    reason: "no address known: the key carries none, discovery found none, and no relay is reserved".into(),
-                });
-            }
-            let _ = self.commands.send(swarm::Command::Dial {
-                peer,
-                addrs: candidates,
-            });
-            let deadline = tokio::time::Instant::now() + self.connect_timeout;
-            let outcome = self
-                .shared
-                .wait_for(deadline, |s| {
-                    if s.conns.contains_key(&peer) {
-                        Some(Ok(()))
-                    } else {
-                        s.dial_failed.get(&peer).map(|e| Err(e.clone()))
-                    }
-                })
-                .await;
-            match outcome {
-                Some(Ok(())) => {}
-                Some(Err(reason)) => return Err(MeshError::Unreachable { peer, reason }),
-                None => {
-                    return Err(MeshError::TimedOut {
-                        peer,
-                        id: None,
-                        phase: "connect",
-                        after: self.connect_timeout,
-                    })
-                }
-            }
-        }
-        // 2. Prefer direct: wait for the hole punch (and for the relayed
-        //    connection to be closed once a direct one is up), within limits.
-        //    No connection at all can be a moment inside a hole punch (the
-        //    peer closed the circuit, our direct connection is still coming):
-        //    keep waiting then.
-        let deadline = tokio::time::Instant::now() + self.hole_punch_timeout;
-        self.shared
-            .wait_for(deadline, |s| {
-                let (direct, relayed) = s.paths(&peer);
-                let punch_over = s.punch_failed.contains_key(&peer);
-                ((direct && !relayed) || (!direct && relayed && punch_over)).then_some(())
-            })
-            .await;
-        let Some((path, transport)) = self.shared.read(|s| s.best(&peer)) else {
-            return Err(MeshError::Unreachable {
-                peer,
-                reason: "the connection closed".into(),
-            });
-        };
-        if path == Path::Relayed {
-            tracing::info!(%peer, "no direct connection; transferring over the relay");
-        }
-        // 3. Membership, both ways: it admits us, we admit it.
-        if !self.gate.is_member(&peer, SystemTime::now()) {
-            self.prove_membership(peer).await?;
-        }
-        // 4. The stream.
-        let mut control = self.control.clone();
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            control.open_stream(peer, protocol::PROTOCOL),
-        )
-        .await
-        .map_err(|_| MeshError::TimedOut {
-            peer,
-            id: None,
-            phase: "open stream",
-            after: self.connect_timeout,
-        })?
-        .map_err(|e| MeshError::Unreachable {
-            peer,
-            reason: format!("cannot open a stream: {e}"),
-        })?;
-        Ok((stream, PathInfo { path, transport }))
+        self.network.shutdown();
     }
 }

@@ -25,7 +25,10 @@
 
 use std::fmt;
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 
+use bytes::BytesMut;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use proxymesh::ObjectId;
@@ -252,6 +255,46 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
     resp: &Response,
 ) -> Result<(), FrameError> {
     write_message(w, resp).await
+}
+
+/// Size of the pieces object bytes are read, sent and handed out in.
+pub const CHUNK: usize = 256 * 1024;
+
+/// Read what is available now (at least one byte, waiting if none is), up
+/// to `want` bytes, appending to `buf`. `Ok(0)` only at the end of the
+/// stream.
+pub(crate) async fn read_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    want: usize,
+) -> io::Result<usize> {
+    let start = buf.len();
+    if buf.capacity() - start < want {
+        // A fresh region shared by the next few chunks.
+        buf.reserve(want.max(4 * CHUNK));
+    }
+    buf.resize(start + want, 0);
+    let mut filled = 0;
+    let res = std::future::poll_fn(|cx| {
+        loop {
+            if filled == want {
+                return Poll::Ready(Ok(filled));
+            }
+            match Pin::new(&mut *r).poll_read(cx, &mut buf[start + filled..start + want]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(filled)),
+                Poll::Ready(Ok(n)) => filled += n,
+                Poll::Ready(Err(e)) if filled == 0 => return Poll::Ready(Err(e)),
+                // Hand out what arrived; the error comes again on the next read.
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(filled)),
+                Poll::Pending if filled > 0 => return Poll::Ready(Ok(filled)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    let n = *res.as_ref().unwrap_or(&0);
+    buf.truncate(start + n);
+    res
 }
 
 #[cfg(test)]

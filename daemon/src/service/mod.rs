@@ -432,18 +432,18 @@ impl Objects {
             Ok::<_, Error>(writer.commit().await?)
         }
         .await?;
-        let result = async {
-            let reader = storage
-                .open_reader(&staging)
-                .await?
-                .ok_or_else(|| Error::NotFound("(staged for forwarding)".into()))?;
-            let body = reader.into_stream(crate::api::STREAM_CHUNK);
-            mesh.fetcher()
-                .put(peer, t.name.clone(), addrs, body, meta.size)
-                .await?;
-            Ok(meta)
-        }
-        .await;
+        let staged = || async {
+            let reader = storage.open_reader(&staging).await?.ok_or_else(|| {
+                MeshError::Storage(std::io::Error::other("the staged body vanished").into())
+            })?;
+            Ok(reader.into_stream(crate::api::STREAM_CHUNK))
+        };
+        let result = mesh
+            .fetcher()
+            .put_again(peer, t.name.clone(), addrs, meta.size, staged)
+            .await
+            .map(|()| meta)
+            .map_err(Error::from);
         let _ = storage.evict(&staging).await;
         result
     }

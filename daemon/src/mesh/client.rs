@@ -1,0 +1,536 @@
+//! The requesting side of the fetch protocol: [`get`], [`exists`],
+//! [`evict`] and [`put`] each take a freshly opened stream and perform one
+//! request. [`get`] returns a [`Body`] that yields the range as it arrives,
+//! enforces an idle timeout and a rate floor and, for a whole object,
+//! checks size and BLAKE3 before handing out the last chunk.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::PeerId;
+use proxymesh::OwnerCap;
+
+use super::protocol::{
+    read_into, read_response, write_request, FrameError, RemoteName, Request, Response, CHUNK,
+};
+use super::MeshError;
+use crate::storage::ChunkStream;
+
+/// Client limits for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Longest wait from sending the request to the answer's header (and,
+    /// for a put, from the last byte sent to the answer).
+    pub header: Duration,
+    /// Longest time without progress while bytes flow.
+    pub idle: Duration,
+    /// The slowest a transfer may run for long.
+    pub floor: RateFloor,
+}
+
+/// The slowest rate a transfer may keep: over every `window` spent waiting
+/// for the peer, at least `bytes_per_sec` on average. A peer that sends a
+/// byte now and then never trips the idle timeout, but trips this. Only time
+/// spent waiting on the network counts, so a slow reader of the body (our
+/// own back-pressure) never fails a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateFloor {
+    /// Least average rate, bytes per second (0: no floor).
+    pub bytes_per_sec: u64,
+    /// Span the average is taken over.
+    pub window: Duration,
+}
+
+impl Default for RateFloor {
+    fn default() -> Self {
+        Self {
+            bytes_per_sec: 16 * 1024,
+            window: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The arriving bytes of a [`get`].
+pub struct Body<S> {
+    stream: S,
+    peer: PeerId,
+    name: RemoteName,
+    size: u64,
+    hash: blake3::Hash,
+    offset: u64,
+    len: u64,
+    received: u64,
+    /// Hashing the bytes, when the range is the whole object.
+    hasher: Option<blake3::Hasher>,
+    verified: bool,
+    idle: Duration,
+    floor: RateFloor,
+    /// Time spent waiting for the peer in the current rate window, and the
+    /// bytes received in it.
+    window: (Duration, u64),
+    buf: BytesMut,
+    /// What stopped the last read, if the stream (not the data) failed.
+    broke: Option<Break>,
+}
+
+/// How a stream stopped delivering a range midway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Break {
+    /// The stream or its connection failed, or it ended early.
+    Lost,
+    /// No byte arrived for the idle timeout.
+    Stalled,
+}
+
+impl<S: AsyncRead + Unpin> Body<S> {
+    /// Why the last [`next_chunk`](Self::next_chunk) failed, when the
+    /// stream stopped delivering (rather than the bytes being wrong or the
+    /// peer too slow): the transfer can [`resume`](Self::resume) on another
+    /// stream.
+    pub fn broke(&self) -> Option<Break> {
+        self.broke
+    }
+
+    /// Size of the whole object.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// BLAKE3 of the whole object, as announced by the peer.
+    pub fn hash(&self) -> blake3::Hash {
+        self.hash
+    }
+
+    /// First byte of the range.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes in the range.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Continue on `stream` (a new stream to the same peer, after this
+    /// one broke): ask for the rest of the range from the first byte not
+    /// received yet. Bytes already received, and the running hash, are
+    /// kept; the answer must describe the same object (size and BLAKE3),
+    /// else the transfer is `Corrupt`.
+    pub async fn resume(&mut self, mut stream: S, timeouts: Timeouts) -> Result<(), MeshError>
+    where
+        S: AsyncWrite,
+    {
+        let at = self.offset + self.received;
+        let rest = self.len - self.received;
+        let req = Request::Get {
+            name: self.name.clone(),
+            offset: at,
+            len: Some(rest),
+        };
+        match ask(&mut stream, self.peer, &req, &self.name, timeouts.header).await? {
+            Response::Object {
+                size,
+                hash,
+                offset,
+                len,
+            } if size == self.size
+                && blake3::Hash::from_bytes(hash) == self.hash
+                && offset == at
+                && len == rest =>
+            {
+                self.stream = stream;
+                self.buf.clear();
+                self.window = (Duration::ZERO, 0);
+                self.broke = None;
+                Ok(())
+            }
+            Response::Object { size, hash, .. } => Err(self.corrupt(format!(
+                "the object changed while it was fetched: it was {} bytes with BLAKE3 {}, the peer now has {size} bytes with BLAKE3 {}",
+                self.size,
+                self.hash,
+                blake3::Hash::from_bytes(hash)
+            ))),
+            other => Err(common(self.peer, &self.name, "get", other)),
+        }
+    }
+
+    /// The next chunk (up to [`CHUNK`] bytes), `Ok(None)` once the whole
+    /// range arrived. A whole object is checked against the announced hash
+    /// before its last chunk is returned, so no caller ever holds all the
+    /// bytes of a corrupt object without an error. Errors: `TimedOut` after
+    /// `idle` without a byte, `Corrupt` on truncation or hash mismatch,
+    /// `Unreachable` if the stream breaks.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, MeshError> {
+        if self.received == self.len {
+            if let Some(e) = self.verify() {
+                return Err(e);
+            }
+            return Ok(None);
+        }
+        let want = CHUNK.min((self.len - self.received) as usize);
+        let waiting = Instant::now();
+        let read =
+            tokio::time::timeout(self.idle, read_into(&mut self.stream, &mut self.buf, want)).await;
+        let waited = waiting.elapsed();
+        let n = match read {
+            Err(_) => {
+                self.broke = Some(Break::Stalled);
+                return Err(MeshError::TimedOut {
+                    peer: self.peer,
+                    id: Some(self.name.clone()),
+                    phase: "transfer (no bytes arrived)",
+                    after: self.idle,
+                });
+            }
+            Ok(Err(e)) => {
+                self.broke = Some(Break::Lost);
+                return Err(MeshError::Unreachable {
+                    peer: self.peer,
+                    reason: format!(
+                        "the stream broke after {} of {} bytes of object {}: {e}",
+                        self.received, self.len, self.name
+                    ),
+                });
+            }
+            Ok(Ok(0)) => {
+                self.broke = Some(Break::Lost);
+                return Err(self.corrupt(format!(
+                    "truncated: the stream ended after {} of {} bytes",
+                    self.received, self.len
+                )));
+            }
+            Ok(Ok(n)) => n,
+        };
+        let chunk = self.buf.split().freeze();
+        self.received += n as u64;
+        if let Some(e) = self.below_floor(n as u64, waited) {
+            return Err(e);
+        }
+        if let Some(h) = &mut self.hasher {
+            h.update(&chunk);
+        }
+        if self.received == self.len {
+            if let Some(e) = self.verify() {
+                return Err(e);
+            }
+        }
+        Ok(Some(chunk))
+    }
+
+    /// Count `n` new bytes into the rate window: the error if a whole
+    /// window passed below the floor.
+    fn below_floor(&mut self, n: u64, waited: Duration) -> Option<MeshError> {
+        let (wait, bytes) = &mut self.window;
+        *bytes += n;
+        *wait += waited;
+        if self.floor.bytes_per_sec == 0 || *wait < self.floor.window {
+            return None;
+        }
+        let rate = *bytes as f64 / wait.as_secs_f64();
+        if rate < self.floor.bytes_per_sec as f64 {
+            return Some(MeshError::TimedOut {
+                peer: self.peer,
+                id: Some(self.name.clone()),
+                phase: "transfer (slower than the rate floor)",
+                after: *wait,
+            });
+        }
+        self.window = (Duration::ZERO, 0);
+        None
+    }
+
+    /// Check the hash once the whole object arrived: the error, if any.
+    fn verify(&mut self) -> Option<MeshError> {
+        if self.verified {
+            return None;
+        }
+        if let Some(h) = &self.hasher {
+            let got = h.finalize();
+            if got != self.hash {
+                return Some(self.corrupt(format!(
+                    "BLAKE3 of the bytes received is {got}, the peer announced {}",
+                    self.hash
+                )));
+            }
+        }
+        self.verified = true;
+        None
+    }
+
+    fn corrupt(&self, reason: String) -> MeshError {
+        MeshError::Corrupt {
+            peer: self.peer,
+            id: self.name.clone(),
+            reason,
+        }
+    }
+}
+
+fn frame_error(peer: PeerId, e: FrameError) -> MeshError {
+    match e {
+        FrameError::Io(e) => MeshError::Unreachable {
+            peer,
+            reason: format!("the stream broke: {e}"),
+        },
+        FrameError::Closed | FrameError::Truncated => MeshError::Protocol {
+            peer,
+            reason: format!("no answer: {e}"),
+        },
+        e => MeshError::Protocol {
+            peer,
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn unexpected(peer: PeerId, request: &str, answer: &Response) -> MeshError {
+    let shown = match answer {
+        Response::Object { .. } => "an object".to_string(),
+        other => format!("{other:?}"),
+    };
+    MeshError::Protocol {
+        peer,
+        reason: format!("unexpected answer to {request}: {shown}"),
+    }
+}
+
+/// Send `req` and wait for the answer's header, within `timeout`.
+async fn ask<S>(
+    stream: &mut S,
+    peer: PeerId,
+    req: &Request,
+    name: &RemoteName,
+    timeout: Duration,
+) -> Result<Response, MeshError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let exchange = async {
+        write_request(stream, req).await?;
+        read_response(stream).await
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| MeshError::TimedOut {
+            peer,
+            id: Some(name.clone()),
+            phase: "request",
+            after: timeout,
+        })?
+        .map_err(|e| frame_error(peer, e))
+}
+
+fn common(peer: PeerId, name: &RemoteName, request: &str, answer: Response) -> MeshError {
+    match answer {
+        Response::NotFound => MeshError::NotFound {
+            peer,
+            id: name.clone(),
+        },
+        Response::Refused(reason) => MeshError::Refused { peer, reason },
+        other => unexpected(peer, request, &other),
+    }
+}
+
+/// Ask `peer` for bytes `offset..offset + len` (`None` = to the end) of
+/// `name`. Returns once the answer's header arrived; the bytes follow
+/// through the [`Body`]. A whole-object range is verified against the hash.
+pub async fn get<S>(
+    mut stream: S,
+    peer: PeerId,
+    name: &RemoteName,
+    offset: u64,
+    len: Option<u64>,
+    timeouts: Timeouts,
+) -> Result<Body<S>, MeshError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let req = Request::Get {
+        name: name.clone(),
+        offset,
+        len,
+    };
+    match ask(&mut stream, peer, &req, name, timeouts.header).await? {
+        Response::Object {
+            size,
+            hash,
+            offset: o,
+            len: l,
+        } => {
+            let sane = o == offset
+                && len.is_none_or(|want| want == l)
+                && o.checked_add(l).is_some_and(|end| end <= size)
+                && (len.is_some() || o + l == size);
+            if !sane {
+                return Err(MeshError::Protocol {
+                    peer,
+                    reason: format!(
+                        "asked for {offset}+{len:?} of {name}, got {o}+{l} of {size} bytes"
+                    ),
+                });
+            }
+            Ok(Body {
+                stream,
+                peer,
+                name: name.clone(),
+                size,
+                hash: blake3::Hash::from_bytes(hash),
+                offset: o,
+                len: l,
+                received: 0,
+                hasher: (o == 0 && l == size).then(blake3::Hasher::new),
+                verified: false,
+                idle: timeouts.idle,
+                floor: timeouts.floor,
+                window: (Duration::ZERO, 0),
+                buf: BytesMut::new(),
+                broke: None,
+            })
+        }
+        other => Err(common(peer, name, "get", other)),
+    }
+}
+
+/// Whether `peer` has `name`.
+pub async fn exists<S>(
+    mut stream: S,
+    peer: PeerId,
+    name: &RemoteName,
+    timeouts: Timeouts,
+) -> Result<bool, MeshError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let req = Request::Exists { name: name.clone() };
+    match ask(&mut stream, peer, &req, name, timeouts.header).await? {
+        Response::Exists(b) => Ok(b),
+        other => Err(common(peer, name, "exists", other)),
+    }
+}
+
+/// Make `peer` remove `name`; whether it had it.
+pub async fn evict<S>(
+    mut stream: S,
+    peer: PeerId,
+    name: &RemoteName,
+    owner: Option<OwnerCap>,
+    timeouts: Timeouts,
+) -> Result<bool, MeshError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let req = match owner {
+        Some(cap) => Request::EvictOwned {
+            name: name.clone(),
+            owner: cap.0,
+        },
+        None => Request::Evict { name: name.clone() },
+    };
+    match ask(&mut stream, peer, &req, name, timeouts.header).await? {
+        Response::Evicted(b) => Ok(b),
+        other => Err(common(peer, name, "evict", other)),
+    }
+}
+
+/// Store `body` (exactly `size` bytes) as `name` at `peer`. Returns the
+/// stored size and hash, checked against the bytes sent.
+pub async fn put<S>(
+    mut stream: S,
+    peer: PeerId,
+    name: &RemoteName,
+    mut body: ChunkStream,
+    size: u64,
+    timeouts: Timeouts,
+) -> Result<(u64, blake3::Hash), MeshError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let req = Request::Put {
+        name: name.clone(),
+        size,
+    };
+    let stalled = |phase| MeshError::TimedOut {
+        peer,
+        id: Some(name.clone()),
+        phase,
+        after: timeouts.idle,
+    };
+    tokio::time::timeout(timeouts.header, write_request(&mut stream, &req))
+        .await
+        .map_err(|_| stalled("request"))?
+        .map_err(|e| frame_error(peer, e))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut sent = 0u64;
+    let local = |msg: String| MeshError::Storage(io::Error::other(msg).into());
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| local(format!("reading the object to send: {e}")))?;
+        sent += chunk.len() as u64;
+        if sent > size {
+            return Err(local(format!(
+                "the object to send is longer than its declared {size} bytes"
+            )));
+        }
+        hasher.update(&chunk);
+        let wrote = tokio::time::timeout(timeouts.idle, stream.write_all(&chunk))
+            .await
+            .map_err(|_| stalled("put (the peer stopped reading)"))?;
+        if let Err(e) = wrote {
+            // The peer may have refused and closed: show its reason if it did.
+            let answer =
+                tokio::time::timeout(Duration::from_secs(1), read_response(&mut stream)).await;
+            if let Ok(Ok(Response::Refused(reason))) = answer {
+                return Err(MeshError::Refused { peer, reason });
+            }
+            return Err(MeshError::Unreachable {
+                peer,
+                reason: format!("the stream broke after {sent} of {size} bytes: {e}"),
+            });
+        }
+    }
+    if sent < size {
+        return Err(local(format!(
+            "the object to send ended after {sent} of its declared {size} bytes"
+        )));
+    }
+    let answer = tokio::time::timeout(timeouts.header, async {
+        stream.flush().await.map_err(FrameError::Io)?;
+        read_response(&mut stream).await
+    })
+    .await
+    .map_err(|_| MeshError::TimedOut {
+        peer,
+        id: Some(name.clone()),
+        phase: "put (waiting for the peer to store it)",
+        after: timeouts.header,
+    })?
+    .map_err(|e| frame_error(peer, e))?;
+    match answer {
+        Response::Stored { size: s, hash } => {
+            let hash = blake3::Hash::from_bytes(hash);
+            if s != size || hash != hasher.finalize() {
+                return Err(MeshError::Corrupt {
+                    peer,
+                    id: name.clone(),
+                    reason: format!(
+                        "the peer stored {s} bytes with BLAKE3 {hash}, sent {size} bytes with BLAKE3 {}",
+                        hasher.finalize()
+                    ),
+                });
+            }
+            Ok((s, hash))
+        }
+        other => Err(common(peer, name, "put", other)),
+    }
+}

@@ -1,0 +1,348 @@
+//! The serving side of the fetch protocol (see [`protocol`](super::protocol)
+//! for the wire format): [`serve`] accepts streams of members and answers
+//! each in its own task from [`LocalObjects`], which decides what a member
+//! may do. A get streams the requested range from memory or the file in
+//! [`CHUNK`]-sized pieces (one buffer per stream); a put streams into a
+//! storage writer that is committed only once every announced byte arrived.
+//! Reading the request has a timeout, and so has every write (a consumer
+//! that stops reading for that long is dropped).
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::PeerId;
+use proxymesh::membership::Gate;
+use proxymesh::OwnerCap;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt};
+
+use super::members::Dropper;
+use super::protocol::{
+    read_into, read_request, write_response, FrameError, RemoteName, Request, Response, CHUNK,
+};
+use crate::service::{Caller, Error as ServiceError, LocalObjects};
+use crate::storage::ObjectReader;
+
+/// Server limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeConfig {
+    /// Longest wait for a request's header after the stream opened.
+    pub request_timeout: Duration,
+    /// Longest a single write to, or read from, the requester may stall.
+    pub stall_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The fetch-protocol server: the objects it offers, and to whom.
+pub struct Server {
+    /// This daemon's objects; what a member may do with them is decided there.
+    pub objects: Arc<LocalObjects>,
+    /// Who is served (members of our mesh).
+    pub gate: Arc<Gate>,
+    /// Where refused peers go to be dropped.
+    pub dropper: Dropper,
+    /// Limits.
+    pub config: ServeConfig,
+}
+
+impl Server {
+    /// A server of `objects` to the members of `gate`.
+    pub fn new(
+        objects: Arc<LocalObjects>,
+        gate: Arc<Gate>,
+        dropper: Dropper,
+        config: ServeConfig,
+    ) -> Self {
+        Self {
+            objects,
+            gate,
+            dropper,
+            config,
+        }
+    }
+}
+
+/// Serve inbound fetch-protocol streams with `server`, until `incoming` ends.
+/// A stream from a peer that has not proved membership is answered
+/// `Refused`, and the peer is handed to the dropper. Requests are answered
+/// in tasks owned by this future: when it is dropped (the daemon stops),
+/// every transfer it serves stops too.
+pub async fn serve(mut incoming: libp2p_stream::IncomingStreams, server: Arc<Server>) {
+    let config = server.config;
+    let mut handlers = tokio::task::JoinSet::new();
+    loop {
+        let next = tokio::select! {
+            next = incoming.next() => next,
+            // Reap finished handlers so the set stays small.
+            Some(_) = handlers.join_next(), if !handlers.is_empty() => continue,
+        };
+        let Some((peer, mut stream)) = next else {
+            break;
+        };
+        if !server.gate.is_member(&peer, SystemTime::now()) {
+            let reason =
+                "not a member of this mesh: present a credential on the member protocol first";
+            tracing::warn!(%peer, "refused a fetch-protocol request: {reason}");
+            let dropper = server.dropper.clone();
+            handlers.spawn(async move {
+                let _ = tokio::time::timeout(config.request_timeout, async {
+                    let _ = read_request(&mut stream).await;
+                    let _ =
+                        send_answer(&mut stream, &Response::Refused(reason.into()), config).await;
+                    let _ = stream.close().await;
+                    super::members::linger(&mut stream).await;
+                })
+                .await;
+                let _ = dropper.send((peer, reason.into()));
+            });
+            continue;
+        }
+        let server = Arc::clone(&server);
+        handlers.spawn(async move {
+            if let Err(e) = handle(peer, stream, &server).await {
+                tracing::debug!(%peer, error = %e, "fetch-protocol request failed");
+            }
+        });
+    }
+    tracing::debug!("no longer accepting fetch-protocol streams");
+    while handlers.join_next().await.is_some() {}
+}
+
+/// Answer one request of member `peer` on `stream`. Public so other
+/// transports (and tests) can reuse the server side.
+pub async fn handle<S>(peer: PeerId, mut stream: S, server: &Server) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = server.config;
+    let request =
+        match tokio::time::timeout(config.request_timeout, read_request(&mut stream)).await {
+            Err(_) => return Err(timed_out("waiting for the request")),
+            Ok(Err(FrameError::Io(e))) => return Err(e),
+            Ok(Err(e @ (FrameError::Closed | FrameError::Truncated))) => {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, e.to_string()))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "malformed fetch-protocol request");
+                let answer = Response::Refused(format!("malformed request: {e}"));
+                let _ = send_answer(&mut stream, &answer, config).await;
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+            }
+            Ok(Ok(r)) => r,
+        };
+    let (objects, caller) = (&*server.objects, Caller::Member(peer));
+    match request {
+        Request::Get { name, offset, len } => {
+            let reader = match objects.read(caller, &name).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(%peer, %name, error = %e, "get refused or missing");
+                    return send_answer(&mut stream, &refusal(e), config).await;
+                }
+            };
+            serve_get(peer, &mut stream, reader, &name, offset, len, config).await
+        }
+        Request::Exists { name } => {
+            let answer = match objects.exists(caller, &name) {
+                Ok(found) => Response::Exists(found),
+                Err(e) => refusal(e),
+            };
+            tracing::debug!(%peer, %name, ?answer, "exists");
+            send_answer(&mut stream, &answer, config).await
+        }
+        Request::Evict { name } => {
+            let answer = evicted(objects.evict(caller, &name, None).await);
+            send_answer(&mut stream, &answer, config).await
+        }
+        Request::EvictOwned { name, owner } => {
+            let answer = evicted(objects.evict(caller, &name, Some(OwnerCap(owner))).await);
+            send_answer(&mut stream, &answer, config).await
+        }
+        Request::Put { name, size } => serve_put(peer, &mut stream, server, name, size).await,
+    }
+}
+
+/// The answer to a failed or refused operation.
+fn refusal(e: ServiceError) -> Response {
+    match e {
+        ServiceError::NotFound(_) => Response::NotFound,
+        e => Response::Refused(e.to_string()),
+    }
+}
+
+fn evicted(result: Result<bool, ServiceError>) -> Response {
+    match result {
+        Ok(evicted) => Response::Evicted(evicted),
+        Err(e) => Response::Refused(e.to_string()),
+    }
+}
+
+async fn serve_get<S>(
+    peer: PeerId,
+    stream: &mut S,
+    reader: ObjectReader,
+    name: &RemoteName,
+    offset: u64,
+    len: Option<u64>,
+    config: ServeConfig,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let meta = reader.meta().clone();
+    let size = meta.size;
+    let fits = match len {
+        _ if offset > size => None,
+        None => Some(size - offset),
+        Some(l) if l <= size - offset => Some(l),
+        Some(_) => None,
+    };
+    let Some(len) = fits else {
+        let asked = len.map_or("the rest".to_string(), |l| format!("{l} bytes"));
+        let why =
+            format!("range of {asked} from byte {offset} is outside the object's {size} bytes");
+        return send_answer(stream, &Response::Refused(why), config).await;
+    };
+    let header = Response::Object {
+        size,
+        hash: *meta.hash.as_bytes(),
+        offset,
+        len,
+    };
+    write_frame(stream, &header, config).await?;
+    let started = std::time::Instant::now();
+    match reader {
+        ObjectReader::Memory { data, .. } => {
+            let range = data.slice(offset as usize..(offset + len) as usize);
+            for piece in range.chunks(CHUNK) {
+                send(stream, piece, config).await?;
+            }
+        }
+        ObjectReader::File { mut file, .. } => {
+            file.seek(io::SeekFrom::Start(offset)).await?;
+            let mut buf = vec![0u8; CHUNK.min(len as usize).max(1)];
+            let mut left = len;
+            while left > 0 {
+                let want = buf.len().min(left as usize);
+                let n = file.read(&mut buf[..want]).await?;
+                if n == 0 {
+                    // Drop the stream unfinished: the requester sees a short body.
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the data file of {name} is {left} bytes short"),
+                    ));
+                }
+                send(stream, &buf[..n], config).await?;
+                left -= n as u64;
+            }
+        }
+    }
+    finish(stream, config).await?;
+    tracing::debug!(%peer, %name, offset, len, elapsed = ?started.elapsed(), "served");
+    Ok(())
+}
+
+async fn serve_put<S>(
+    peer: PeerId,
+    stream: &mut S,
+    server: &Server,
+    name: RemoteName,
+    size: u64,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = server.config;
+    let mut writer = match server
+        .objects
+        .writer(Caller::Member(peer), &name, Some(size))
+    {
+        Ok(w) => w,
+        Err(e) => return send_answer(stream, &Response::Refused(e.to_string()), config).await,
+    };
+    let mut buf = BytesMut::new();
+    let mut left = size;
+    while left > 0 {
+        let want = CHUNK.min(left as usize);
+        let n = match tokio::time::timeout(config.stall_timeout, read_into(stream, &mut buf, want))
+            .await
+        {
+            Err(_) => return Err(timed_out("receiving a put")),
+            Ok(r) => r?,
+        };
+        if n == 0 {
+            // The writer is dropped: nothing becomes visible.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("put of {name} ended {left} bytes short of {size}"),
+            ));
+        }
+        left -= n as u64;
+        if let Err(e) = writer.write(buf.split().freeze()).await {
+            return send_answer(stream, &Response::Refused(e.to_string()), config).await;
+        }
+    }
+    let answer = match writer.commit().await {
+        Ok(meta) => {
+            tracing::debug!(%peer, %name, size, "put served");
+            Response::Stored {
+                size: meta.size,
+                hash: *meta.hash.as_bytes(),
+            }
+        }
+        Err(e) => Response::Refused(e.to_string()),
+    };
+    send_answer(stream, &answer, config).await
+}
+
+async fn write_frame<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    msg: &Response,
+    config: ServeConfig,
+) -> io::Result<()> {
+    match tokio::time::timeout(config.stall_timeout, write_response(stream, msg)).await {
+        Err(_) => Err(timed_out("sending an answer")),
+        Ok(Err(FrameError::Io(e))) => Err(e),
+        Ok(Err(e)) => Err(io::Error::other(e.to_string())),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+async fn send_answer<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    msg: &Response,
+    config: ServeConfig,
+) -> io::Result<()> {
+    write_frame(stream, msg, config).await?;
+    finish(stream, config).await
+}
+
+async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    config: ServeConfig,
+) -> io::Result<()> {
+    tokio::time::timeout(config.stall_timeout, stream.write_all(bytes))
+        .await
+        .map_err(|_| timed_out("sending object bytes"))?
+}
+
+async fn finish<S: AsyncWrite + Unpin>(stream: &mut S, config: ServeConfig) -> io::Result<()> {
+    tokio::time::timeout(config.stall_timeout, stream.close())
+        .await
+        .map_err(|_| timed_out("closing the stream"))?
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("timed out {what}"))
+}
