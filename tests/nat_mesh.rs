@@ -30,6 +30,8 @@ struct Outcome {
     /// When B's status first showed only direct connections to A, from the
     /// start of the get (with `await_direct`).
     direct_after: Option<Duration>,
+    /// When it first showed a direct connection to A.
+    first_direct: Option<Duration>,
     consumer_status: serde_json::Value,
 }
 
@@ -178,14 +180,22 @@ fn run_in(
         })
     });
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.body.len(),
+        data.len(),
+        "the answer ended early: the transfer failed midway"
+    );
     assert!(r.body == data, "bytes differ after crossing the NATs");
     let b_status = || lab.within(Host::B, || http(API, "GET", "/v1/status", &[], b"").json());
     let mut consumer_status = b_status();
-    let mut direct_after = None;
+    let (mut direct_after, mut first_direct) = (None, None);
     if await_direct {
         let direct = wait_until(Duration::from_secs(30), || {
             let s = b_status();
             let conns = to_producer(&s, &site_a.peer_id);
+            if conns.iter().any(|c| c["path"] == "direct") {
+                first_direct.get_or_insert_with(|| get_started.elapsed());
+            }
             (!conns.is_empty() && conns.iter().all(|c| c["path"] == "direct")).then_some(s)
         });
         if let Some(s) = direct {
@@ -209,6 +219,7 @@ fn run_in(
         first_get: r.total,
         reserved_b: reserved_b.unwrap(),
         direct_after,
+        first_direct,
         consumer_status,
     })
 }
@@ -376,24 +387,28 @@ fn a_transfer_that_starts_relayed_moves_to_the_punched_path_mid_object() {
 #[ignore = "measurement: cargo test --test nat_mesh -- --ignored --nocapture punch_statistics"]
 fn punch_statistics() {
     const PAIRS: usize = 20;
-    let mut direct = Vec::new();
+    let (mut direct, mut only) = (Vec::new(), Vec::new());
     for i in 0..PAIRS {
         let Some(lab) = Lab::new(Nat::EndpointIndependent, Nat::EndpointIndependent) else {
             return;
         };
         let o = run_in(lab, 1 << 20, true, |_| {}, |_| {}).unwrap();
         eprintln!(
-            "pair {i}: first byte after {:?}, direct after {:?}",
-            o.first_byte, o.direct_after
+            "pair {i}: first byte after {:?}, a direct connection after {:?}, the relayed one gone after {:?}",
+            o.first_byte, o.first_direct, o.direct_after
         );
-        direct.extend(o.direct_after);
+        direct.extend(o.first_direct);
+        only.extend(o.direct_after);
     }
     direct.sort();
+    only.sort();
     eprintln!(
-        "{}/{PAIRS} pairs went direct; time to direct from the first get: min {:?}, median {:?}, max {:?}",
+        "{}/{PAIRS} pairs went direct; time to a direct connection from the first get: min {:?}, median {:?}, max {:?}; relayed connection gone: median {:?}, max {:?}",
         direct.len(),
         direct.first(),
         direct.get(direct.len() / 2),
-        direct.last()
+        direct.last(),
+        only.get(only.len() / 2),
+        only.last()
     );
 }

@@ -56,6 +56,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Head start of QUIC over TCP when dialing a relay (RFC 8305's
 /// connection attempt delay).
 const HAPPY_EYEBALLS: Duration = Duration::from_millis(250);
+/// How long a disconnected peer stays admitted (its peer ID is proven
+/// again by every new connection; its credential is checked on every use).
+const FORGET_AFTER: Duration = Duration::from_secs(30);
 /// How long a [`Command::FindEndpoint`] waits for the relays to list it.
 pub const FIND_ENDPOINT_WAIT: Duration = Duration::from_secs(5);
 
@@ -529,6 +532,9 @@ pub struct EventLoop {
     finding: Vec<(String, Instant, oneshot::Sender<Found>)>,
     /// Connections being closed as dead: they answer no connect.
     stale: HashSet<ConnectionId>,
+    /// Peers whose last connection closed: forgotten by the gate then,
+    /// unless connected again.
+    forget_at: Vec<(Instant, PeerId)>,
 }
 
 impl EventLoop {
@@ -575,6 +581,7 @@ impl EventLoop {
             waiting: Vec::new(),
             finding: Vec::new(),
             stale: HashSet::new(),
+            forget_at: Vec::new(),
         };
         event_loop.publish();
         let network = Network {
@@ -650,16 +657,26 @@ impl EventLoop {
             .filter_map(|r| r.fallback.as_ref().map(|(t, _)| *t));
         let unproven = self.unproven.iter().map(|(t, _)| *t);
         let finding = self.finding.iter().map(|(_, t, _)| *t);
+        let forget = self.forget_at.iter().map(|(t, _)| *t);
         relays
             .chain(fallbacks)
             .chain(unproven)
             .chain(finding)
+            .chain(forget)
             .chain(self.register_at)
             .min()
             .unwrap_or(far)
     }
 
     fn on_timers(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.forget_at.drain(..).partition(|(t, _)| *t <= now);
+        self.forget_at = later;
+        for (_, peer) in due {
+            if !self.swarm.is_connected(&peer) {
+                self.gate.forget(&peer);
+            }
+        }
         self.dial_fallbacks();
         self.retry_relays();
         self.drop_unproven();
@@ -1120,7 +1137,12 @@ impl EventLoop {
                 }
                 self.dirty = true;
                 if num_established == 0 {
-                    self.gate.forget(&peer_id);
+                    // Not at once: a connection replacing this one (the
+                    // punched one, while the peer closes the relayed one
+                    // first) may be a moment away, and the peer will not
+                    // prove itself again on it.
+                    self.forget_at
+                        .push((Instant::now() + FORGET_AFTER, peer_id));
                     if self.relay_peers.contains(&peer_id) {
                         self.on_relay_lost(peer_id);
                     }

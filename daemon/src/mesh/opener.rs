@@ -100,11 +100,18 @@ impl SwarmOpener {
         addrs: &[Multiaddr],
         fresh: bool,
     ) -> Result<(libp2p::Stream, PathInfo), Attempt> {
-        let path = self
-            .network
-            .connect(peer, addrs, fresh, self.connect_timeout)
-            .await
-            .map_err(Attempt::Failed)?;
+        // Connected already: no round trip through the event loop.
+        let known = (!fresh)
+            .then(|| self.network.snapshot().best(&peer))
+            .flatten();
+        let path = match known {
+            Some(path) => path,
+            None => self
+                .network
+                .connect(peer, addrs, fresh, self.connect_timeout)
+                .await
+                .map_err(Attempt::Failed)?,
+        };
         // The path now (a direct connection may have come up meanwhile).
         let path = self.network.snapshot().best(&peer).unwrap_or(path);
         if !self.gate.is_member(&peer, SystemTime::now()) {
