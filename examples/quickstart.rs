@@ -203,6 +203,14 @@ async fn main() -> anyhow::Result<()> {
         mesh.transfers,
         human(status.bytes)
     );
+    for t in &mesh.recent_transfers {
+        println!(
+            "            {:>9} moved over {} ({})",
+            human(t.size),
+            t.path_history(),
+            t.state
+        );
+    }
     site_b.shutdown().await?;
     site_a.shutdown().await?;
     relay.shutdown().await?;

@@ -199,8 +199,11 @@ impl<S: AsyncRead + Unpin> Body<S> {
                 return Err(MeshError::Unreachable {
                     peer: self.peer,
                     reason: format!(
-                        "the stream broke after {} of {} bytes of object {}: {e}",
-                        self.received, self.len, self.name
+                        "the transfer of object {} broke after {} of {} bytes: {}",
+                        self.name,
+                        self.received,
+                        self.len,
+                        super::error::stream_failure(&e)
                     ),
                 });
             }
@@ -282,7 +285,10 @@ fn frame_error(peer: PeerId, e: FrameError) -> MeshError {
     match e {
         FrameError::Io(e) => MeshError::Unreachable {
             peer,
-            reason: format!("the stream broke: {e}"),
+            reason: format!(
+                "the request could not be completed: {}",
+                super::error::stream_failure(&e)
+            ),
         },
         FrameError::Closed | FrameError::Truncated => MeshError::Protocol {
             peer,
@@ -495,7 +501,10 @@ where
             }
             return Err(MeshError::Unreachable {
                 peer,
-                reason: format!("the stream broke after {sent} of {size} bytes: {e}"),
+                reason: format!(
+                    "the put broke after {sent} of {size} bytes: {}",
+                    super::error::stream_failure(&e)
+                ),
             });
         }
     }

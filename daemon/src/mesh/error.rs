@@ -70,3 +70,31 @@ pub enum MeshError {
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
+
+/// What an I/O failure on a stream to a peer means, in words (the error's
+/// own text is a transport internal such as `00000002/7: connection is
+/// closed`).
+pub fn stream_failure(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+            "the connection to it closed"
+        }
+        K::TimedOut => "the connection to it timed out",
+        K::ConnectionRefused => "it refused the connection",
+        _ => "the connection to it failed",
+    }
+}
+
+/// Why a stream of `what` (a protocol) could not be opened, in words.
+pub fn open_failure(what: &str, e: &libp2p_stream::OpenStreamError) -> String {
+    match e {
+        libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => {
+            format!("it does not speak {what} (is it a proxymesh daemon of the same version?)")
+        }
+        libp2p_stream::OpenStreamError::Io(e) => {
+            format!("no {what} stream could be opened: {}", stream_failure(e))
+        }
+        _ => format!("no {what} stream could be opened"),
+    }
+}

@@ -136,7 +136,7 @@ pub async fn hello(
                 .await
                 .map_err(|e| MeshError::Unreachable {
                     peer,
-                    reason: format!("cannot open a member-protocol stream: {e}"),
+                    reason: super::error::open_failure("the member protocol", &e),
                 })?;
         let protocol = |e: wire::WireError| MeshError::Protocol {
             peer,

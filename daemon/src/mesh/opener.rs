@@ -146,7 +146,7 @@ impl SwarmOpener {
             }
             Ok(Err(e)) => Err(Attempt::Again(MeshError::Unreachable {
                 peer,
-                reason: format!("the fetch protocol could not be opened on the connection ({e})"),
+                reason: super::error::open_failure("the fetch protocol", &e),
             })),
             Err(_) => Err(Attempt::Suspect(MeshError::TimedOut {
                 peer,

@@ -90,8 +90,11 @@ pub async fn serve(mut incoming: libp2p_stream::IncomingStreams, server: Arc<Ser
             break;
         };
         if !server.gate.is_member(&peer, SystemTime::now()) {
-            let reason =
-                "not a member of this mesh: present a credential on the member protocol first";
+            let reason = if server.gate.is_revoked(&peer) {
+                "not a member of this mesh: its membership was revoked by the mesh authority"
+            } else {
+                "not a member of this mesh: present a credential on the member protocol first"
+            };
             tracing::warn!(%peer, "refused a fetch-protocol request: {reason}");
             let dropper = server.dropper.clone();
             handlers.spawn(async move {

@@ -712,6 +712,11 @@ impl Gate {
         self.membership(peer, now).is_some()
     }
 
+    /// Whether a revocation list held here revokes `peer`.
+    pub fn is_revoked(&self, peer: &PeerId) -> bool {
+        self.state().revocations.values().any(|l| l.contains(peer))
+    }
+
     /// Forget `peer` (it disconnected): it must prove membership again.
     pub fn forget(&self, peer: &PeerId) {
         self.state().members.remove(peer);

@@ -102,8 +102,10 @@ fn gate_checks_peer_mesh_expiry_and_revocation() {
     let dir = tempfile::tempdir().unwrap();
     let list = a.revoke(dir.path(), &[p]).unwrap();
     assert_eq!(list.serial(), 1);
+    assert!(!gate.is_revoked(&p));
     assert_eq!(gate.apply_revocations(&list).unwrap(), Some(vec![p]));
     assert!(!gate.is_member(&p, t));
+    assert!(gate.is_revoked(&p) && !gate.is_revoked(&q));
     assert_eq!(
         gate.admit(p, Some(&cred), t),
         Err(MembershipError::Revoked(p))
