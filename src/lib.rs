@@ -762,3 +762,17 @@ impl Drop for TempUser {
         let _ = Command::new("groupdel").arg(&self.name).output();
     }
 }
+
+/// The Python interpreter with ProxyStore installed (`PROXYMESH_TEST_PYTHON`,
+/// else the `.venv` that `tests/run.sh` creates), if it can import
+/// ProxyStore's endpoint connector.
+pub fn proxystore_python() -> Option<PathBuf> {
+    let candidate = std::env::var_os("PROXYMESH_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let ok = Command::new(&candidate)
+        .args(["-c", "import proxystore.connectors.endpoint"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(candidate)
+}

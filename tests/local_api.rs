@@ -26,13 +26,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use proxymesh_suite::{
-    bin_path, http, in_ci, raw_request, require_root, wait_until, DaemonProcess, TempGroup,
-    TempUser,
+    bin_path, http, in_ci, proxystore_python, raw_request, require_root, wait_until, DaemonProcess,
+    TempGroup, TempUser,
 };
 
 /// A Python 3 every user can run (not one under root's home).
+/// A system python3 that `user` can run; `None` (the test skips, saying
+/// so) when there is none, which CI does not accept.
 fn system_python(user: &TempUser) -> Option<PathBuf> {
-    ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
+    let found = ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
         .into_iter()
         .map(PathBuf::from)
         .find(|p| {
@@ -41,19 +43,12 @@ fn system_python(user: &TempUser) -> Option<PathBuf> {
                 .stdin(Stdio::null())
                 .output()
                 .is_ok_and(|o| o.status.success())
-        })
-}
-
-/// Python with ProxyStore (as in `proxystore_python.rs`).
-fn proxystore_python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("PROXYMESH_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    let ok = Command::new(&candidate)
-        .args(["-c", "import proxystore.connectors.endpoint"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(candidate)
+        });
+    if found.is_none() {
+        assert!(!in_ci(), "CI=true but no python3 runnable by other users");
+        eprintln!("SKIPPED: no python3 runnable by other users");
+    }
+    found
 }
 
 /// Plain HTTP requests with urllib; prints `[[status, body], ...]` as JSON.
@@ -147,8 +142,6 @@ fn another_user_gets_403_and_changes_nothing() {
     }
     let user = TempUser::create("api", &[]);
     let Some(py) = system_python(&user) else {
-        assert!(!in_ci(), "CI=true but no python3 runnable by other users");
-        eprintln!("SKIPPED: no python3 runnable by other users");
         return;
     };
     let home = tempfile::tempdir().unwrap();
@@ -426,8 +419,6 @@ fn a_squatter_on_the_port_gets_nothing() {
     }
     let user = TempUser::create("sq", &[]);
     let Some(py) = system_python(&user) else {
-        assert!(!in_ci(), "CI=true but no python3 runnable by other users");
-        eprintln!("SKIPPED: no python3 runnable by other users");
         return;
     };
     let file = tempfile::NamedTempFile::new().unwrap();

@@ -6,21 +6,9 @@
 //! `.venv/bin/python` at the workspace root (`.ci/run` creates it). In CI a
 //! missing interpreter fails the test; elsewhere it is skipped with a reason.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use proxymesh_suite::{in_ci, DaemonProcess};
-
-fn python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("PROXYMESH_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    let ok = Command::new(&candidate)
-        .args(["-c", "import proxystore.connectors.endpoint"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(candidate)
-}
+use proxymesh_suite::{in_ci, proxystore_python, DaemonProcess};
 
 const SCRIPT: &str = r#"
 import sys
@@ -45,7 +33,7 @@ with Store('proxymesh-test', connector, register=True) as store:
 
 #[test]
 fn python_proxystore_endpoint_connector_uses_the_daemon() {
-    let Some(py) = python() else {
+    let Some(py) = proxystore_python() else {
         assert!(
             !in_ci(),
             "CI=true but no Python with proxystore; .ci/run must create .venv"

@@ -12,7 +12,7 @@ use super::writes::RemoteWrites;
 use super::Error;
 use crate::identity::OwnerSecret;
 use crate::mesh::protocol::RemoteName;
-use crate::storage::{ObjectMeta, ObjectReader, ObjectWriter, Storage};
+use crate::storage::{ObjectMeta, ObjectName, ObjectReader, ObjectWriter, Storage};
 
 /// Default of [`LocalObjects`]' per-member write quota: bytes of ProxyStore
 /// objects each other member may keep here through forwarded sets.
@@ -132,6 +132,25 @@ impl LocalObjects {
             record,
             book: &self.writes,
         })
+    }
+
+    /// A writer for a body held only while it is forwarded to another
+    /// daemon (see [`ObjectName::Staging`](crate::storage::ObjectName)),
+    /// and its name. The caller was authorized for the forwarded write.
+    pub(super) fn staging_writer(
+        &self,
+        size: Option<u64>,
+    ) -> Result<(ObjectName, Writer<'_>), Error> {
+        let name = ObjectName::Staging(proxymesh::ObjectId::random());
+        let inner = self.storage.writer(name.clone(), size)?;
+        Ok((
+            name,
+            Writer {
+                inner,
+                record: None,
+                book: &self.writes,
+            },
+        ))
     }
 
     /// Apply the policy for an object held here.

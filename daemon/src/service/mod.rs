@@ -34,7 +34,7 @@ use uuid::Uuid;
 use crate::mesh::fetcher::Fetched;
 use crate::mesh::protocol::RemoteName;
 use crate::mesh::{Mesh, MeshError};
-use crate::storage::{ChunkStream, ObjectMeta, ObjectName, ObjectReader, Storage, StorageError};
+use crate::storage::{ChunkStream, ObjectMeta, ObjectReader, Storage, StorageError};
 
 pub mod local;
 pub mod policy;
@@ -418,20 +418,9 @@ impl Objects {
         // The fetch protocol announces sizes up front and ProxyStore sends
         // chunked bodies: stage the object here (a name no door reaches),
         // then forward it.
-        let staging = ObjectName::Staging(ObjectId::random());
+        let (staging, writer) = self.local.staging_writer(declared_len)?;
+        let meta = fill(writer, declared_len, body).await?;
         let storage = self.local.storage();
-        let meta = async {
-            let mut writer = storage.writer(staging.clone(), declared_len)?;
-            let mut received = 0u64;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| Error::Incomplete(e.to_string()))?;
-                received += chunk.len() as u64;
-                writer.write(chunk).await?;
-            }
-            check_len(received, declared_len)?;
-            Ok::<_, Error>(writer.commit().await?)
-        }
-        .await?;
         let staged = || async {
             let reader = storage.open_reader(&staging).await?.ok_or_else(|| {
                 MeshError::Storage(std::io::Error::other("the staged body vanished").into())
