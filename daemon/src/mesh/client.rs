@@ -1,6 +1,7 @@
 //! The requesting side of the fetch protocol: [`get`], [`exists`],
-//! [`evict`] and [`put`] each take a freshly opened stream and perform one
-//! request. [`get`] returns a [`Body`] that yields the range as it arrives,
+//! [`evict`] and [`put`] each take a stream and perform one request; after
+//! a `get` read to its end ([`Body::into_reusable`]) or an `exists`, the
+//! stream can carry the next request. [`get`] returns a [`Body`] that yields the range as it arrives,
 //! enforces an idle timeout and a rate floor and, for a whole object,
 //! checks size and BLAKE3 before handing out the last chunk.
 
@@ -54,7 +55,8 @@ impl Default for RateFloor {
 
 /// The arriving bytes of a [`get`].
 pub struct Body<S> {
-    stream: S,
+    /// `None` once the completed range handed it back ([`Body::take_reusable`]).
+    stream: Option<S>,
     peer: PeerId,
     name: RemoteName,
     size: u64,
@@ -123,6 +125,20 @@ impl<S: AsyncRead + Unpin> Body<S> {
         self.received
     }
 
+    /// The stream, once the whole range arrived (and, for a whole object,
+    /// was verified): the server waits for another request on it.
+    pub fn take_reusable(&mut self) -> Option<S> {
+        let done = self.received == self.len
+            && self.verified
+            && self.buf.is_empty()
+            && self.broke.is_none();
+        if done {
+            self.stream.take()
+        } else {
+            None
+        }
+    }
+
     /// Continue on `stream` (a new stream to the same peer, after this
     /// one broke): ask for the rest of the range from the first byte not
     /// received yet. Bytes already received, and the running hash, are
@@ -150,7 +166,7 @@ impl<S: AsyncRead + Unpin> Body<S> {
                 && offset == at
                 && len == rest =>
             {
-                self.stream = stream;
+                self.stream = Some(stream);
                 self.buf.clear();
                 self.window = (Duration::ZERO, 0);
                 self.broke = None;
@@ -181,8 +197,8 @@ impl<S: AsyncRead + Unpin> Body<S> {
         }
         let want = CHUNK.min((self.len - self.received) as usize);
         let waiting = Instant::now();
-        let read =
-            tokio::time::timeout(self.idle, read_into(&mut self.stream, &mut self.buf, want)).await;
+        let stream = (self.stream.as_mut()).expect("the stream is handed back only once complete");
+        let read = tokio::time::timeout(self.idle, read_into(stream, &mut self.buf, want)).await;
         let waited = waiting.elapsed();
         let n = match read {
             Err(_) => {
@@ -388,7 +404,7 @@ where
                 });
             }
             Ok(Body {
-                stream,
+                stream: Some(stream),
                 peer,
                 name: name.clone(),
                 size,
@@ -415,18 +431,20 @@ pub async fn exists<S>(
     peer: PeerId,
     name: &RemoteName,
     timeouts: Timeouts,
-) -> Result<bool, MeshError>
+) -> Result<(bool, S), MeshError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let req = Request::Exists { name: name.clone() };
     match ask(&mut stream, peer, &req, name, timeouts.header).await? {
-        Response::Exists(b) => Ok(b),
+        // The stream is free for another request.
+        Response::Exists(b) => Ok((b, stream)),
         other => Err(common(peer, name, "exists", other)),
     }
 }
 
-/// Make `peer` remove `name`; whether it had it.
+/// Make `peer` remove `name`; whether it had it. The stream is the
+/// exchange's last.
 pub async fn evict<S>(
     mut stream: S,
     peer: PeerId,

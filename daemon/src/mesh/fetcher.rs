@@ -39,6 +39,7 @@ use proxymesh::{ObjectId, OwnerCap};
 use tokio::sync::mpsc;
 
 use super::client::{self, Body, Timeouts};
+use super::pool::StreamPool;
 use super::protocol::RemoteName;
 use super::singleflight::{Join, Leader, SingleFlight};
 use super::{MeshError, PathInfo, StreamOpener};
@@ -150,6 +151,8 @@ struct Inner {
     cache: Mutex<CacheIndex>,
     transfers: AtomicU64,
     recent: Mutex<std::collections::VecDeque<Arc<Transfer>>>,
+    /// Streams whose last answer was read to its end, for the next request.
+    pool: StreamPool<libp2p::Stream>,
 }
 
 /// One transfer, as status shows it.
@@ -230,6 +233,7 @@ impl Fetcher {
                 }),
                 transfers: AtomicU64::new(0),
                 recent: Mutex::new(std::collections::VecDeque::new()),
+                pool: StreamPool::default(),
             }),
         }
     }
@@ -305,10 +309,13 @@ impl Fetcher {
         name: RemoteName,
         addrs: &[Multiaddr],
     ) -> Result<bool, MeshError> {
-        self.twice(peer, addrs, |stream| {
-            client::exists(stream, peer, &name, self.timeouts())
-        })
-        .await
+        let ((found, stream), path) = self
+            .reusing(peer, addrs, |stream| {
+                client::exists(stream, peer, &name, self.timeouts())
+            })
+            .await?;
+        self.inner.pool.give(peer, stream, path);
+        Ok(found)
     }
 
     /// Run a one-request exchange on a new stream; once more on another if
@@ -324,11 +331,17 @@ impl Fetcher {
         F: Fn(libp2p::Stream) -> Fut,
         Fut: std::future::Future<Output = Result<T, MeshError>>,
     {
-        Ok(self.twice_on(peer, addrs, exchange).await?.0)
+        Ok(self.twice_on(peer, addrs, false, exchange).await?.0)
     }
 
-    /// [`twice`](Self::twice), with the path of the stream that answered.
-    async fn twice_on<T, F, Fut>(
+    /// An exchange that leaves its stream fit for another request (`get`,
+    /// `exists`), on an idle stream to `peer` if there is one (see
+    /// [`pool`](super::pool)): one round trip, no stream to open. A pooled
+    /// stream that fails, or does not answer within a few round trips (the
+    /// peer restarted), is dropped and the exchange runs on a new stream as
+    /// [`twice_on`](Self::twice_on) does, on a fresh connection if the old
+    /// one stopped answering.
+    async fn reusing<T, F, Fut>(
         &self,
         peer: PeerId,
         addrs: &[Multiaddr],
@@ -339,7 +352,53 @@ impl Fetcher {
         Fut: std::future::Future<Output = Result<T, MeshError>>,
     {
         let opener = &self.inner.opener;
-        let (stream, path) = opener.open(peer, addrs).await?;
+        let mut fresh = false;
+        if let Some((stream, path)) = self.inner.pool.take(&peer, opener.path_now(&peer)) {
+            let quick = opener.suspect_after(&peer);
+            let answered = tokio::select! {
+                answered = tokio::time::timeout(quick, exchange(stream)) => answered,
+                // Its relayed connection is closing for a direct one.
+                () = opener.better_path(peer, path) => Ok(Err(MeshError::Unreachable {
+                    peer,
+                    reason: "a direct path came up".into(),
+                })),
+            };
+            match answered {
+                Ok(Ok(answer)) => return Ok((answer, path)),
+                // A real answer (not found, refused, corrupt).
+                Ok(Err(e)) if !is_stale(&e) => return Err(e),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "an idle stream failed; opening a new one")
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, after = ?quick, "no answer on an idle stream; the connection may be dead");
+                    self.inner.pool.forget(&peer);
+                    fresh = true;
+                }
+            }
+        }
+        self.twice_on(peer, addrs, fresh, exchange).await
+    }
+
+    /// [`twice`](Self::twice), with the path of the stream that answered;
+    /// `fresh`: on a new connection.
+    async fn twice_on<T, F, Fut>(
+        &self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+        fresh: bool,
+        exchange: F,
+    ) -> Result<(T, PathInfo), MeshError>
+    where
+        F: Fn(libp2p::Stream) -> Fut,
+        Fut: std::future::Future<Output = Result<T, MeshError>>,
+    {
+        let opener = &self.inner.opener;
+        let (stream, path) = if fresh {
+            opener.reopen(peer, addrs).await?
+        } else {
+            opener.open(peer, addrs).await?
+        };
         // A direct path coming up closes the relayed connection under the
         // exchange (its streams may hang rather than fail): ask again then.
         let first = tokio::select! {
@@ -412,7 +471,7 @@ impl Fetcher {
         let started = Instant::now();
         let (body, name) = (&body, &name);
         let (_, path) = self
-            .twice_on(peer, addrs, |stream| async move {
+            .twice_on(peer, addrs, false, |stream| async move {
                 let chunks = body().await?;
                 client::put(stream, peer, name, chunks, size, timeouts).await
             })
@@ -494,7 +553,7 @@ impl Fetcher {
         let timeouts = self.timeouts();
         let started = async {
             let (body, path) = self
-                .twice_on(peer, addrs, |stream| {
+                .reusing(peer, addrs, |stream| {
                     client::get(stream, peer, &name, 0, None, timeouts)
                 })
                 .await?;
@@ -684,6 +743,9 @@ impl Pump {
                     }
                     // Verified whole: commit before the reader sees the end.
                     let done = self.body.received() == self.body.len();
+                    if done {
+                        self.reuse_stream();
+                    }
                     let outcome = if done {
                         Some(self.commit().await)
                     } else {
@@ -704,7 +766,10 @@ impl Pump {
                     }
                 }
                 // Only for empty objects: everything else ends on its last chunk.
-                Ok(None) => break self.commit().await,
+                Ok(None) => {
+                    self.reuse_stream();
+                    break self.commit().await;
+                }
                 Err(e) => {
                     if self.body.broke().is_some() && self.resumes < MAX_RESUMES {
                         self.resumes += 1;
@@ -758,6 +823,16 @@ impl Pump {
         }
         if let Some(leader) = self.leader.take() {
             leader.complete(outcome);
+        }
+    }
+
+    /// Hand the stream, read to its end, back for the next request to the
+    /// peer (before the reader sees the end, so its next request finds it).
+    fn reuse_stream(&mut self) {
+        if let Some(stream) = self.body.take_reusable() {
+            let paths = self.record.paths.lock().expect("transfer lock");
+            let path = *paths.last().expect("a path");
+            self.inner.pool.give(self.peer, stream, path);
         }
     }
 
@@ -824,6 +899,15 @@ impl Pump {
             }
         }
     }
+}
+
+/// Whether an exchange on an idle stream failed because of the stream (it
+/// died or the server closed it), not because of the answer.
+fn is_stale(e: &MeshError) -> bool {
+    matches!(
+        e,
+        MeshError::Unreachable { .. } | MeshError::Protocol { .. } | MeshError::TimedOut { .. }
+    )
 }
 
 fn remote_name((peer, id): CacheKey) -> ObjectName {

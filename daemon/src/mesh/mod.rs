@@ -10,7 +10,8 @@
 //! - Data plane: `protocol` (the fetch protocol's wire format), `serve`
 //!   (answering members), `client` (one request to a peer), `fetcher`
 //!   (verified, resumable, coalesced fetches and the cache of fetched
-//!   copies), `singleflight`.
+//!   copies), `pool` (idle streams reused for the next request),
+//!   `singleflight`.
 //!
 //! They meet at [`StreamOpener`] (`opener`): the data plane asks for a
 //! stream to a peer, the control plane finds a connection.
@@ -34,6 +35,7 @@ pub mod opener;
 // Data plane.
 pub mod client;
 pub mod fetcher;
+pub mod pool;
 pub mod protocol;
 pub mod serve;
 pub mod singleflight;
@@ -93,6 +95,20 @@ pub trait StreamOpener: Send + Sync + 'static {
         addrs: &[Multiaddr],
     ) -> Result<(libp2p::Stream, PathInfo), MeshError> {
         self.open(peer, addrs).await
+    }
+
+    /// The best path to `peer` now, if connected: idle streams on it may be
+    /// reused (see [`pool`]). `None` by default: no stream is reused.
+    fn path_now(&self, peer: &PeerId) -> Option<PathInfo> {
+        let _ = peer;
+        None
+    }
+
+    /// How long an answer on a reused stream to `peer` may take before the
+    /// stream is suspected dead and a new one is opened.
+    fn suspect_after(&self, peer: &PeerId) -> Duration {
+        let _ = peer;
+        opener::SUSPECT_AFTER
     }
 }
 

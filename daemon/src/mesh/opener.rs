@@ -78,7 +78,7 @@ impl SwarmOpener {
     }
 
     /// How long a stream to `peer` may take to open on a live connection.
-    fn suspect_after(&self, peer: &PeerId) -> Duration {
+    fn open_limit(&self, peer: &PeerId) -> Duration {
         let rtt = self
             .network
             .snapshot()
@@ -126,7 +126,7 @@ impl SwarmOpener {
         let limit = if fresh {
             self.connect_timeout
         } else {
-            self.suspect_after(&peer)
+            self.open_limit(&peer)
         };
         let mut control = self.control.clone();
         let opened = tokio::select! {
@@ -222,6 +222,14 @@ impl StreamOpener for SwarmOpener {
         addrs: &[Multiaddr],
     ) -> Result<(libp2p::Stream, PathInfo), MeshError> {
         self.open_with(peer, addrs, true).await
+    }
+
+    fn path_now(&self, peer: &PeerId) -> Option<PathInfo> {
+        self.network.snapshot().best(peer)
+    }
+
+    fn suspect_after(&self, peer: &PeerId) -> Duration {
+        self.open_limit(peer)
     }
 
     async fn better_path(&self, peer: PeerId, current: PathInfo) {

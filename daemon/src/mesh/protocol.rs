@@ -1,4 +1,4 @@
-//! The fetch protocol `/proxymesh/fetch/1`: one request per stream.
+//! The fetch protocol `/proxymesh/fetch/1`: requests and answers on a stream.
 //!
 //! Every message is a frame: a `u32` big-endian length, then that many bytes
 //! of bincode 2 (serde, `bincode::config::standard()`). Frames are at most
@@ -19,7 +19,12 @@
 //! ProxyStore's contract (whoever holds the key may evict it); a `Put` may
 //! not overwrite another writer's key and is bounded by a per-peer quota.
 //!
-//! After its answer the server closes the stream. Everything here is pure
+//! After answering a `Get` (header and every byte of the range) or an
+//! `Exists`, the server keeps the stream open and reads the next request
+//! from it, so a requester can reuse it (one round trip per small object,
+//! instead of opening a stream and negotiating the protocol each time); an
+//! idle stream is closed after a while. Any other request is the stream's
+//! last: the server closes it after the answer. Everything here is pure
 //! framing over futures' `AsyncRead`/`AsyncWrite` (which `libp2p::Stream`
 //! implements); no sockets.
 

@@ -5,7 +5,10 @@
 //! [`CHUNK`]-sized pieces (one buffer per stream); a put streams into a
 //! storage writer that is committed only once every announced byte arrived.
 //! Reading the request has a timeout, and so has every write (a consumer
-//! that stops reading for that long is dropped).
+//! that stops reading for that long is dropped). After a get or an exists
+//! the stream stays open for the requester's next request (it keeps idle
+//! streams in its [`pool`](super::pool)), for up to
+//! [`ServeConfig::keep_alive`].
 
 use std::io;
 use std::sync::Arc;
@@ -32,6 +35,9 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     /// Longest a single write to, or read from, the requester may stall.
     pub stall_timeout: Duration,
+    /// How long a stream stays open for another request after an answer
+    /// (longer than the requesters' [`pool::MAX_IDLE`](super::pool::MAX_IDLE)).
+    pub keep_alive: Duration,
 }
 
 impl Default for ServeConfig {
@@ -39,6 +45,7 @@ impl Default for ServeConfig {
         Self {
             request_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(60),
+            keep_alive: Duration::from_secs(30),
         }
     }
 }
@@ -121,16 +128,32 @@ pub async fn serve(mut incoming: libp2p_stream::IncomingStreams, server: Arc<Ser
     while handlers.join_next().await.is_some() {}
 }
 
-/// Answer one request of member `peer` on `stream`. Public so other
-/// transports (and tests) can reuse the server side.
+/// What a request left the stream fit for.
+enum Next {
+    /// Another request may follow (the answer was written in full).
+    Request,
+    /// The stream was closed.
+    Closed,
+}
+
+/// Answer the requests of member `peer` on `stream`: after a `Get` or
+/// `Exists` the stream stays open for the next request (until
+/// [`ServeConfig::keep_alive`] passes without one); any other request
+/// closes it. Public so other transports (and tests) can reuse the server
+/// side.
 pub async fn handle<S>(peer: PeerId, mut stream: S, server: &Server) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = server.config;
-    let request =
-        match tokio::time::timeout(config.request_timeout, read_request(&mut stream)).await {
+    let (mut wait, mut served) = (config.request_timeout, false);
+    loop {
+        let request = match tokio::time::timeout(wait, read_request(&mut stream)).await {
+            // An idle kept-open stream: the requester is done with it.
+            Err(_) if served => return finish(&mut stream, config).await,
             Err(_) => return Err(timed_out("waiting for the request")),
+            Ok(Err(FrameError::Closed)) if served => return Ok(()),
+            Ok(Err(FrameError::Io(e))) if served && is_reset(&e) => return Ok(()),
             Ok(Err(FrameError::Io(e))) => return Err(e),
             Ok(Err(e @ (FrameError::Closed | FrameError::Truncated))) => {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, e.to_string()))
@@ -143,6 +166,27 @@ where
             }
             Ok(Ok(r)) => r,
         };
+        match answer(peer, &mut stream, server, request).await? {
+            Next::Request => (wait, served) = (config.keep_alive, true),
+            Next::Closed => return Ok(()),
+        }
+    }
+}
+
+/// Whether a read failed because the requester dropped the stream.
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// Answer one request.
+async fn answer<S>(peer: PeerId, stream: &mut S, server: &Server, request: Request) -> io::Result<Next>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = server.config;
     let (objects, caller) = (&*server.objects, Caller::Member(peer));
     match request {
         Request::Get { name, offset, len } => {
@@ -150,10 +194,12 @@ where
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(%peer, %name, error = %e, "get refused or missing");
-                    return send_answer(&mut stream, &refusal(e), config).await;
+                    write_frame(stream, &refusal(e), config).await?;
+                    return flushed(stream, config).await;
                 }
             };
-            serve_get(peer, &mut stream, reader, &name, offset, len, config).await
+            serve_get(peer, stream, reader, &name, offset, len, config).await?;
+            flushed(stream, config).await
         }
         Request::Exists { name } => {
             let answer = match objects.exists(caller, &name) {
@@ -161,18 +207,32 @@ where
                 Err(e) => refusal(e),
             };
             tracing::debug!(%peer, %name, ?answer, "exists");
-            send_answer(&mut stream, &answer, config).await
+            write_frame(stream, &answer, config).await?;
+            flushed(stream, config).await
         }
         Request::Evict { name } => {
             let answer = evicted(objects.evict(caller, &name, None).await);
-            send_answer(&mut stream, &answer, config).await
+            send_answer(stream, &answer, config).await?;
+            Ok(Next::Closed)
         }
         Request::EvictOwned { name, owner } => {
             let answer = evicted(objects.evict(caller, &name, Some(OwnerCap(owner))).await);
-            send_answer(&mut stream, &answer, config).await
+            send_answer(stream, &answer, config).await?;
+            Ok(Next::Closed)
         }
-        Request::Put { name, size } => serve_put(peer, &mut stream, server, name, size).await,
+        Request::Put { name, size } => {
+            serve_put(peer, stream, server, name, size).await?;
+            Ok(Next::Closed)
+        }
     }
+}
+
+/// Flush what was written; the stream stays open for another request.
+async fn flushed<S: AsyncWrite + Unpin>(stream: &mut S, config: ServeConfig) -> io::Result<Next> {
+    tokio::time::timeout(config.stall_timeout, stream.flush())
+        .await
+        .map_err(|_| timed_out("sending an answer"))??;
+    Ok(Next::Request)
 }
 
 /// The answer to a failed or refused operation.
@@ -214,7 +274,7 @@ where
         let asked = len.map_or("the rest".to_string(), |l| format!("{l} bytes"));
         let why =
             format!("range of {asked} from byte {offset} is outside the object's {size} bytes");
-        return send_answer(stream, &Response::Refused(why), config).await;
+        return write_frame(stream, &Response::Refused(why), config).await;
     };
     let header = Response::Object {
         size,
@@ -250,7 +310,6 @@ where
             }
         }
     }
-    finish(stream, config).await?;
     tracing::debug!(%peer, %name, offset, len, elapsed = ?started.elapsed(), "served");
     Ok(())
 }

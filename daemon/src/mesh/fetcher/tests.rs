@@ -123,9 +123,26 @@ impl Node {
 }
 
 /// The test's [`StreamOpener`]: a stream straight from libp2p-stream.
+#[derive(Clone)]
 struct Opener {
     control: libp2p_stream::Control,
+    /// Streams opened.
+    opens: Arc<AtomicU64>,
 }
+
+impl Opener {
+    fn new(control: libp2p_stream::Control) -> Self {
+        Self {
+            control,
+            opens: Arc::default(),
+        }
+    }
+}
+
+const DIRECT_QUIC: PathInfo = PathInfo {
+    path: Path::Direct,
+    transport: Transport::Quic,
+};
 
 #[async_trait::async_trait]
 impl StreamOpener for Opener {
@@ -134,6 +151,7 @@ impl StreamOpener for Opener {
         peer: PeerId,
         _addrs: &[Multiaddr],
     ) -> Result<(libp2p::Stream, PathInfo), MeshError> {
+        self.opens.fetch_add(1, Ordering::Relaxed);
         let stream = self
             .control
             .clone()
@@ -143,13 +161,11 @@ impl StreamOpener for Opener {
                 peer,
                 reason: e.to_string(),
             })?;
-        Ok((
-            stream,
-            PathInfo {
-                path: Path::Direct,
-                transport: Transport::Quic,
-            },
-        ))
+        Ok((stream, DIRECT_QUIC))
+    }
+
+    fn path_now(&self, _peer: &PeerId) -> Option<PathInfo> {
+        Some(DIRECT_QUIC)
     }
 }
 
@@ -185,12 +201,23 @@ impl Producer {
     }
 
     async fn start_gated(memory_cap: usize, inline_limit: usize, policy: Policy) -> Producer {
+        Self::start_configured(memory_cap, inline_limit, policy, Duration::from_secs(30)).await
+    }
+
+    /// A producer that keeps a stream open for `keep_alive` after an answer.
+    async fn start_configured(
+        memory_cap: usize,
+        inline_limit: usize,
+        policy: Policy,
+        keep_alive: Duration,
+    ) -> Producer {
         let node = Node::start(None).await;
         let (storage, dir) = storage(memory_cap, inline_limit).await;
         let incoming = node.control.clone().accept(PROTOCOL).unwrap();
         let config = ServeConfig {
             request_timeout: Duration::from_secs(2),
             stall_timeout: Duration::from_secs(5),
+            keep_alive,
         };
         let (dropper, drops) = tokio::sync::mpsc::unbounded_channel();
         let owners = Arc::new(OwnerSecret::from_bytes(rand::random()));
@@ -232,6 +259,8 @@ struct Consumer {
     node: Node,
     storage: Arc<Storage>,
     fetcher: Fetcher,
+    /// The fetcher's opener (shares its count of streams opened).
+    opener: Opener,
     _dir: TempDir,
 }
 
@@ -257,22 +286,19 @@ impl Consumer {
     ) -> Consumer {
         let node = Node::start(Some(of)).await;
         let (storage, dir) = storage(memory_cap, inline_limit).await;
-        let opener = Arc::new(Opener {
-            control: node.control.clone(),
-        });
-        let fetcher = Fetcher::new(storage.clone(), opener, config);
+        let opener = Opener::new(node.control.clone());
+        let fetcher = Fetcher::new(storage.clone(), Arc::new(opener.clone()), config);
         Consumer {
             node,
             storage,
             fetcher,
+            opener,
             _dir: dir,
         }
     }
 
     fn opener(&self) -> Opener {
-        Opener {
-            control: self.node.control.clone(),
-        }
+        self.opener.clone()
     }
 
     async fn stream_to(&self, peer: PeerId) -> libp2p::Stream {
@@ -355,6 +381,55 @@ async fn small_object_streams_then_is_served_from_the_cache() {
         "a cache hit makes no transfer"
     );
     assert_eq!(consumer.fetcher.cached_bytes(), data.len() as u64);
+}
+
+#[tokio::test]
+async fn warm_requests_reuse_one_stream() {
+    let producer = Producer::start(8 * MIB, MIB).await;
+    let consumer = Consumer::start(&producer.node, test_config()).await;
+    let peer = producer.node.peer;
+    let mut objects = Vec::new();
+    for seed in 0..4 {
+        let data = pattern(KIB + seed as usize, seed);
+        objects.push((producer.put_native(&data).await, data));
+    }
+    for (id, data) in &objects {
+        let got = consumer.fetcher.get(peer, RemoteName::Native(*id), &[]);
+        assert_eq!(read_fetched(got.await.unwrap()).await.unwrap(), *data);
+        let name = RemoteName::Native(ObjectId::random());
+        assert!(!consumer.fetcher.exists(peer, name, &[]).await.unwrap());
+    }
+    assert!(consumer.fetcher.exists(peer, RemoteName::Native(objects[0].0), &[]).await.unwrap());
+    assert_eq!(
+        consumer.opener.opens.load(Ordering::Relaxed),
+        1,
+        "every request after the first goes out on the same stream"
+    );
+    assert_eq!(consumer.fetcher.transfers(), 4);
+    // A request that fails drops its stream (even a plain "not found"),
+    // and the next one opens another.
+    let missing = consumer.fetcher.get(peer, RemoteName::Native(ObjectId::random()), &[]);
+    assert!(matches!(missing.await, Err(MeshError::NotFound { .. })));
+    assert!(consumer.fetcher.exists(peer, RemoteName::Native(objects[1].0), &[]).await.unwrap());
+    assert_eq!(consumer.opener.opens.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn a_stream_the_server_closed_is_replaced_within_the_request() {
+    // The server closes idle streams at once (as after its keep-alive, or
+    // as a daemon that answers one request per stream would).
+    let producer =
+        Producer::start_configured(8 * MIB, MIB, Policy::Open, Duration::from_millis(1)).await;
+    let consumer = Consumer::start(&producer.node, test_config()).await;
+    let peer = producer.node.peer;
+    for seed in 0..3 {
+        let data = pattern(KIB, seed);
+        let id = producer.put_native(&data).await;
+        let got = consumer.fetcher.get(peer, RemoteName::Native(id), &[]);
+        assert_eq!(read_fetched(got.await.unwrap()).await.unwrap(), data);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(consumer.opener.opens.load(Ordering::Relaxed), 3);
 }
 
 #[tokio::test]
@@ -1339,9 +1414,7 @@ async fn raw_stream_baseline() {
         s.close().await.unwrap();
     });
     let b = Node::start(Some(&a)).await;
-    let opener = Opener {
-        control: b.control.clone(),
-    };
+    let opener = Opener::new(b.control.clone());
     let (mut s, _) = opener.open(a.peer, &[]).await.unwrap();
     let t = Instant::now();
     let mut buf = vec![0u8; CHUNK];
