@@ -37,6 +37,8 @@ pub struct DaemonProcess {
     child: Option<Child>,
     /// Its API address (`127.0.0.1:PORT`).
     pub api: String,
+    /// Its API's Unix socket (`unix:PATH`), if it serves one.
+    pub socket: Option<String>,
     /// Its peer ID, from the start banner.
     pub peer_id: String,
     /// Its ProxyStore endpoint UUID, from the start banner.
@@ -106,7 +108,11 @@ impl DaemonProcess {
                 .unwrap_or_else(|| panic!("banner lacks {name}: {banner:?}"))
         };
         let api = field("api:").trim_start_matches("http://").to_string();
+        let socket = banner
+            .iter()
+            .find_map(|l| l.strip_prefix("socket:").map(|v| v.trim().to_string()));
         Self {
+            socket,
             peer_id: field("peer id:"),
             uuid: field("endpoint:"),
             api,

@@ -831,3 +831,161 @@ fn idle_and_slow_requests_with_short_timeouts() {
     assert_eq!(objects(&api), 2);
     rt.block_on(daemon.shutdown()).unwrap();
 }
+
+/// Connect to a Unix socket and send one `GET /v1/status`; prints
+/// `{"errno": N}` if the connect fails, else `{"answer": "..."}` (all the
+/// server sent until it closed or went quiet).
+const UNIX_CLIENT: &str = r#"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print(json.dumps({'errno': e.errno}))
+    sys.exit(0)
+s.sendall(b'GET /v1/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
+s.settimeout(10)
+data = b''
+while True:
+    try:
+        chunk = s.recv(65536)
+    except OSError:
+        break
+    if not chunk:
+        break
+    data += chunk
+print(json.dumps({'answer': data.decode('utf-8', 'replace')}))
+"#;
+
+/// Listen on a Unix socket (mode 0666) as another user; print "ready",
+/// then, once stdin closes, the bytes received as `{"bytes": N}`.
+const UNIX_SQUATTER: &str = r#"
+import json, os, select, socket, sys
+path = sys.argv[1]
+l = socket.socket(socket.AF_UNIX)
+l.bind(path)
+os.chmod(path, 0o666)
+l.listen(16)
+print('ready', flush=True)
+conns, total = [], 0
+while True:
+    r, _, _ = select.select([l, sys.stdin] + conns, [], [], 30)
+    if not r or sys.stdin in r:
+        break
+    for x in r:
+        if x is l:
+            conns.append(l.accept()[0])
+        else:
+            got = x.recv(65536)
+            total += len(got)
+            if not got:
+                conns.remove(x)
+print(json.dumps({'bytes': total}), flush=True)
+"#;
+
+#[test]
+fn the_unix_socket_serves_only_its_user_and_the_sdk_checks_who_serves_it() {
+    if !require_root("Unix socket caller checks (needs a second Unix user)") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let user = TempUser::create("sock", &[]);
+    let Some(py) = system_python(&user) else {
+        return;
+    };
+    // A directory every user can reach, so the checks below are the
+    // socket's own, not its parent directory's.
+    let shared = tempfile::Builder::new()
+        .prefix("pm-sock")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let path = shared.path().join("api.sock");
+    let d = DaemonProcess::start(&["--api-socket", path.to_str().unwrap()]);
+    assert_eq!(d.socket, Some(format!("unix:{}", path.display())));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the socket is its user's alone");
+
+    let ask_as_other = || {
+        let out = user
+            .command(&py)
+            .args(["-c", UNIX_CLIENT, path.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run python as the other user");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // The file mode keeps the other user out...
+    let seen = ask_as_other();
+    assert_eq!(seen["errno"], libc::EACCES, "{seen}");
+    // ...and were it opened up, the daemon refuses by the caller's uid.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let seen = ask_as_other();
+    let answer = seen["answer"].as_str().unwrap_or_default();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert_forbidden("GET /v1/status over the Unix socket", status, body, &user);
+
+    // The owner is served over it (the CLI, through the SDK).
+    let cli = bin_path("proxymesh");
+    let api = format!("unix:{}", path.display());
+    let out = Command::new(&cli)
+        .args(["--api", &api, "status"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&api));
+
+    // Another user's socket: the SDK sends it nothing.
+    let squat = shared.path().join("squat.sock");
+    let mut squatter = user
+        .command(&py)
+        .args(["-c", UNIX_SQUATTER, squat.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start squatter");
+    let mut line = String::new();
+    BufReader::new(squatter.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), b"root's data").unwrap();
+    let squat_api = format!("unix:{}", squat.display());
+    let out = Command::new(&cli)
+        .args(["--api", &squat_api, "put"])
+        .arg(file.path())
+        .env_remove("PROXYMESH_TRUST_UID")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let seen = stop_squatter(squatter);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the Unix socket {} is served by uid {} ({}), not by you (uid 0 (root)); refusing to send data to it",
+            squat.display(),
+            user.uid,
+            user.name
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        seen["bytes"], 0,
+        "the squatter received request bytes: {seen}"
+    );
+}

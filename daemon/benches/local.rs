@@ -149,6 +149,8 @@ async fn bench() {
     let extra: Vec<&str> = extra.split_whitespace().collect();
     let d = DaemonProcess::start(&extra);
     let conn = Arc::new(DaemonConnector::new(&d.api).unwrap());
+    let socket = d.socket.clone().expect("the daemon serves a Unix socket");
+    let unix = Arc::new(DaemonConnector::new(&socket).unwrap());
     println!(
         "proxymesh local benchmark (daemon pid {}, {} iterations)",
         d.pid(),
@@ -170,6 +172,7 @@ async fn bench() {
     let rounds = 10;
     let per_round = iters / rounds;
     let (mut base_s, mut get_s, mut exists_s) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut unix_get_s, mut unix_exists_s) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         base_s.extend(
             time_latency(per_round, || {
@@ -202,10 +205,31 @@ async fn bench() {
             })
             .await,
         );
+        unix_get_s.extend(
+            time_latency(per_round, || {
+                let (conn, key) = (unix.clone(), key.clone());
+                async move {
+                    let b = conn.get(&key).await.unwrap().unwrap();
+                    assert_eq!(b.len(), 1024);
+                }
+            })
+            .await,
+        );
+        unix_exists_s.extend(
+            time_latency(per_round, || {
+                let (conn, key) = (unix.clone(), key.clone());
+                async move {
+                    assert!(conn.exists(&key).await.unwrap());
+                }
+            })
+            .await,
+        );
     }
     report("baseline: minimal HTTP server process, GET 1 KiB", base_s);
-    report("proxymesh: get 1 KiB (DaemonConnector)", get_s);
-    report("proxymesh: exists (DaemonConnector)", exists_s);
+    report("proxymesh: get 1 KiB, TCP (DaemonConnector)", get_s);
+    report("proxymesh: exists, TCP", exists_s);
+    report("proxymesh: get 1 KiB, Unix socket", unix_get_s);
+    report("proxymesh: exists, Unix socket", unix_exists_s);
     let mut put_keys = Vec::new();
     let samples = {
         let mut out = Vec::with_capacity(iters);
@@ -253,13 +277,22 @@ async fn bench() {
         }
         let get = t.elapsed();
         assert_eq!(n, size);
+        let t = Instant::now();
+        let mut n = 0u64;
+        let mut s = unix.get_stream(&key).await.unwrap().unwrap();
+        while let Some(c) = s.try_next().await.unwrap() {
+            n += c.len() as u64;
+        }
+        let unix_get = t.elapsed();
+        assert_eq!(n, size);
         conn.evict(&key).await.unwrap();
         println!(
-            "{label:>8}: raw TCP loopback {:>7.0}   proxymesh put {:>7.0}   get {:>7.0}   (get = {:.2}x raw)",
+            "{label:>8}: raw TCP loopback {:>7.0}   proxymesh put {:>7.0}   get {:>7.0} (TCP, {:.2}x raw)   get {:>7.0} (Unix socket)",
             mibps(size, raw),
             mibps(size, put),
             mibps(size, get),
-            raw.as_secs_f64() / get.as_secs_f64()
+            raw.as_secs_f64() / get.as_secs_f64(),
+            mibps(size, unix_get),
         );
     }
     println!("daemon peak RSS: {} MiB", d.peak_rss() >> 20);

@@ -250,6 +250,20 @@ async fn bench(quick: bool) {
         assert_eq!(at_b.get(k).await.unwrap().unwrap().len(), 1024);
         samples.push(t.elapsed());
     }
+    // The same through B's Unix socket (fresh keys again), when B serves one.
+    let mut over_socket = Vec::new();
+    if let Some(socket) = &b.socket {
+        let unix_b = DaemonConnector::new(socket).unwrap();
+        let fresh: Vec<Key> = at_a
+            .put_batch(vec![Bytes::from(vec![3u8; 1024]); iters])
+            .await
+            .unwrap();
+        for k in &fresh {
+            let t = Instant::now();
+            assert_eq!(unix_b.get(k).await.unwrap().unwrap().len(), 1024);
+            over_socket.push(t.elapsed());
+        }
+    }
     let mut local = Vec::new();
     for k in &keys {
         let t = Instant::now();
@@ -267,6 +281,13 @@ async fn bench(quick: bool) {
         "warm remote get, median",
         median(samples).as_secs_f64() * 1e6
     );
+    if !over_socket.is_empty() {
+        println!(
+            "{:<46} {:>9.1} µs",
+            "warm remote get via B's Unix socket, median",
+            median(over_socket).as_secs_f64() * 1e6
+        );
+    }
     println!(
         "{:<46} {:>9.1} µs",
         "  same object, local get at A (baseline)",

@@ -5,6 +5,7 @@
 //! # proxymeshd.toml — every key optional
 //! data_dir = "/var/lib/proxymesh"
 //! api = "127.0.0.1:7878"
+//! api_socket = "off"            # default: api.sock in data_dir (the SDK's fast path)
 //! memory_cap = "1GiB"
 //! inline_limit = "64MiB"
 //! max_object_size = "10GiB"     # omit for unlimited
@@ -48,6 +49,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Local HTTP API listen address (loopback by default; port 0 picks one).
     pub api: SocketAddr,
+    /// The local API's Unix socket: a path, `"off"`, or unset for
+    /// `api.sock` in the data directory.
+    pub api_socket: Option<String>,
     /// Total bytes of objects held in memory.
     #[serde(with = "size")]
     pub memory_cap: u64,
@@ -106,6 +110,7 @@ impl Default for Config {
         Self {
             data_dir: default_data_dir(),
             api: DEFAULT_API.parse().expect("valid default"),
+            api_socket: None,
             memory_cap: DEFAULT_MEMORY_CAP,
             inline_limit: DEFAULT_INLINE_LIMIT,
             max_object_size: None,
@@ -131,12 +136,19 @@ impl Default for Config {
 
 /// `$XDG_DATA_HOME/proxymesh` (or the platform equivalent), else `./proxymesh-data`.
 pub fn default_data_dir() -> PathBuf {
-    dirs::data_dir()
-        .map(|d| d.join("proxymesh"))
-        .unwrap_or_else(|| PathBuf::from("proxymesh-data"))
+    proxymesh::api::default_data_dir()
 }
 
 impl Config {
+    /// Where the local API's Unix socket goes (`None`: turned off).
+    pub fn api_socket_path(&self) -> Option<PathBuf> {
+        match self.api_socket.as_deref().map(str::trim) {
+            None | Some("") => Some(self.data_dir.join(proxymesh::api::API_SOCKET)),
+            Some("off") => None,
+            Some(path) => Some(PathBuf::from(path)),
+        }
+    }
+
     /// Read a TOML config file over the defaults.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)

@@ -63,6 +63,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Daemon {
     api_addr: SocketAddr,
+    api_socket: Option<std::path::PathBuf>,
     identity: Identity,
     state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
@@ -117,6 +118,16 @@ impl Daemon {
             )
         })?;
         let api_addr = listener.local_addr()?;
+        let (unix, api_socket) = match config.api_socket_path() {
+            Some(path) => {
+                let explicit = config.api_socket.is_some();
+                match bind_api_socket(&path, explicit, access.group().map(|g| g.gid))? {
+                    Some(l) => (Some(l), Some(path)),
+                    None => (None, None),
+                }
+            }
+            None => (None, None),
+        };
         if let Some(name) = &config.proxystore_name {
             let path = api::write_proxystore_config(name, identity.uuid, api_addr)?;
             tracing::info!(path = %path.display(), "wrote ProxyStore endpoint config");
@@ -125,12 +136,13 @@ impl Daemon {
             objects: service::Objects::new(local, mesh, identity.peer_id(), identity.uuid),
             started: Instant::now(),
             api_addr: api_addr.to_string(),
+            api_socket: api_socket.as_ref().map(|p| format!("unix:{}", p.display())),
             data_dir: config.data_dir.display().to_string(),
         });
         let app = api::router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            api::server::serve(listener, app, access, &api, async move {
+            api::server::serve(listener, unix, app, access, &api, async move {
                 let _ = stopped.await;
             })
             .await
@@ -138,6 +150,7 @@ impl Daemon {
         tracing::info!(peer_id = %identity.peer_id(), api = %api_addr, "proxymeshd started");
         Ok(Self {
             api_addr,
+            api_socket,
             identity,
             state,
             stop: Some(stop),
@@ -149,6 +162,11 @@ impl Daemon {
     /// The bound local API address.
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// The local API's Unix socket, if served.
+    pub fn api_socket(&self) -> Option<&std::path::Path> {
+        self.api_socket.as_deref()
     }
 
     /// This daemon's peer ID.
@@ -186,6 +204,9 @@ impl Daemon {
                 self.server.abort();
             }
         }
+        if let Some(path) = &self.api_socket {
+            let _ = std::fs::remove_file(path);
+        }
         if let Some(mesh) = self.state.objects.mesh() {
             mesh.shutdown();
         }
@@ -193,4 +214,61 @@ impl Daemon {
         tracing::info!("proxymeshd stopped");
         Ok(())
     }
+}
+
+/// Longest Unix socket path the kernel takes (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Listen on the local API's Unix socket at `path`, readable and writable
+/// by this user only (and by `group`, when the API serves one). A leftover
+/// socket nobody answers on is replaced; one that answers is another
+/// daemon's, and a file that is not a socket is never touched. A path too
+/// long for a socket is an error when given (`explicit`), else the socket
+/// is skipped with a warning (the TCP address still serves).
+fn bind_api_socket(
+    path: &std::path::Path,
+    explicit: bool,
+    group: Option<u32>,
+) -> anyhow::Result<Option<tokio::net::UnixListener>> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        let why = format!(
+            "the Unix socket path {} is {len} bytes, longer than the {MAX_SOCKET_PATH} a socket takes",
+            path.display()
+        );
+        if explicit {
+            anyhow::bail!("{why}; pick a shorter one with --api-socket");
+        }
+        tracing::warn!("{why}; the local API is served on TCP only (set a shorter --api-socket)");
+        return Ok(None);
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "{} exists and is not a socket; refusing to replace it (pick another --api-socket)",
+                path.display()
+            );
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another process serves the Unix socket {} (is another proxymeshd running? \
+                 pick another with --api-socket)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on the Unix socket {}", path.display()))?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot restrict the Unix socket {}", path.display()))?;
+    if let Some(gid) = group {
+        if let Err(e) = std::os::unix::fs::chown(path, None, Some(gid)) {
+            tracing::warn!(path = %path.display(), gid, error = %e, "cannot give the API group the Unix socket; its members use the TCP address");
+        }
+    }
+    Ok(Some(listener))
 }

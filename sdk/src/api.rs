@@ -31,9 +31,25 @@ use crate::key::{Key, ObjectId};
 
 /// Default address of the daemon's local API.
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7878";
-/// Environment variable naming the local daemon's API address (`host:port`
-/// or `http://host:port`).
+/// Environment variable naming the local daemon's API address (`host:port`,
+/// `http://host:port`, or `unix:PATH` for its Unix socket).
 pub const API_ENV: &str = "PROXYMESH_API";
+/// Name of the daemon's Unix socket in its data directory (the local API,
+/// served besides the TCP address; the SDK's fastest way in).
+pub const API_SOCKET: &str = "api.sock";
+
+/// The daemon's default data directory: `$XDG_DATA_HOME/proxymesh` (or the
+/// platform equivalent), else `./proxymesh-data`.
+pub fn default_data_dir() -> std::path::PathBuf {
+    dirs::data_dir()
+        .map(|d| d.join("proxymesh"))
+        .unwrap_or_else(|| std::path::PathBuf::from("proxymesh-data"))
+}
+
+/// Where a daemon with the default data directory serves its Unix socket.
+pub fn default_socket() -> std::path::PathBuf {
+    default_data_dir().join(API_SOCKET)
+}
 /// Response header carrying an object's BLAKE3 hash (hex).
 pub const HASH_HEADER: &str = "x-proxymesh-blake3";
 
@@ -94,6 +110,9 @@ pub struct Status {
     pub data_dir: String,
     /// The local API's listen address.
     pub api: String,
+    /// The local API's Unix socket (`unix:PATH`), if it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_socket: Option<String>,
     /// Seconds since start.
     pub uptime_secs: u64,
     /// The daemon's place in the mesh; absent when it runs without relays.

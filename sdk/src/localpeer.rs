@@ -572,6 +572,17 @@ pub enum ServerCheckError {
         /// The uid trusted besides.
         trusted: TrustedUid,
     },
+    /// Another user's process serves the Unix socket.
+    NotTrustedSocket {
+        /// The socket's path.
+        path: std::path::PathBuf,
+        /// The uid of the process serving it.
+        uid: u32,
+        /// Our own effective uid.
+        me: u32,
+        /// The uid trusted besides.
+        trusted: TrustedUid,
+    },
     /// The server socket could not be identified.
     Unknown {
         /// The server address.
@@ -590,21 +601,30 @@ impl fmt::Display for ServerCheckError {
                 me,
                 trusted,
             } => {
-                let me = describe_uid(*me);
-                let whom = if trusted.from_env {
-                    format!(
-                        "you ({me}) nor by {} (trusted by {TRUST_UID_ENV})",
-                        describe_uid(trusted.uid)
-                    )
-                } else {
-                    format!("you ({me})")
-                };
+                let whom = whom(*me, trusted);
                 write!(
                     f,
                     "{server} is served by {}, not by {whom}; refusing to send data to it \
                      (another user's process holds that port: start your own daemon on another \
                      port with `proxymeshd --api 127.0.0.1:PORT` and point {} at it; to use that \
                      user's daemon on purpose, set {TRUST_UID_ENV}={uid})",
+                    describe_uid(*uid),
+                    crate::api::API_ENV,
+                )
+            }
+            Self::NotTrustedSocket {
+                path,
+                uid,
+                me,
+                trusted,
+            } => {
+                let whom = whom(*me, trusted);
+                write!(
+                    f,
+                    "the Unix socket {} is served by {}, not by {whom}; refusing to send data to it \
+                     (start your own daemon with its own --data-dir or --api-socket and point {} \
+                     at it; to use that user's daemon on purpose, set {TRUST_UID_ENV}={uid})",
+                    path.display(),
                     describe_uid(*uid),
                     crate::api::API_ENV,
                 )
@@ -618,6 +638,39 @@ impl fmt::Display for ServerCheckError {
 }
 
 impl std::error::Error for ServerCheckError {}
+
+/// "you (uid …)", and the trusted uid if any, for refusals.
+fn whom(me: u32, trusted: &TrustedUid) -> String {
+    let me = describe_uid(me);
+    if trusted.from_env {
+        format!(
+            "you ({me}) nor by {} (trusted by {TRUST_UID_ENV})",
+            describe_uid(trusted.uid)
+        )
+    } else {
+        format!("you ({me})")
+    }
+}
+
+/// Check a fresh connection to the daemon's Unix socket at `path`, whose
+/// server runs as `uid` (the kernel's `SO_PEERCRED`), before sending
+/// anything on it: `uid` must be `me` or `trusted`.
+pub fn judge_socket_server(
+    path: &std::path::Path,
+    uid: u32,
+    trusted: TrustedUid,
+    me: u32,
+) -> Result<(), ServerCheckError> {
+    if trusted.trusts(uid, me) {
+        return Ok(());
+    }
+    Err(ServerCheckError::NotTrustedSocket {
+        path: path.to_path_buf(),
+        uid,
+        me,
+        trusted,
+    })
+}
 
 /// Check the fresh connection from `local` to `server` before sending
 /// anything on it: the server end must be held by our own effective uid or

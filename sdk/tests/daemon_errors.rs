@@ -353,6 +353,7 @@ async fn requests_and_answers_follow_the_api() {
                 persist: false,
                 data_dir: "/tmp".into(),
                 api: "127.0.0.1:7878".into(),
+                api_socket: None,
                 uptime_secs: 3,
                 mesh: None,
             },

@@ -64,6 +64,8 @@ pub struct AppState {
     pub started: Instant,
     /// The API's bound address, as shown in status.
     pub api_addr: String,
+    /// The API's Unix socket (`unix:PATH`), as shown in status.
+    pub api_socket: Option<String>,
     /// The data directory, as shown in status.
     pub data_dir: String,
 }

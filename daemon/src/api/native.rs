@@ -92,6 +92,7 @@ pub async fn status(State(state): St) -> Json<Status> {
         persist: cfg.persist,
         data_dir: state.data_dir.clone(),
         api: state.api_addr.clone(),
+        api_socket: state.api_socket.clone(),
         uptime_secs: state.started.elapsed().as_secs(),
         mesh: state.objects.mesh().map(Mesh::status),
     })

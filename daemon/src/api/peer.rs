@@ -131,20 +131,48 @@ impl Access {
         if !self.enforced {
             return Verdict::Allowed { uid: self.owner };
         }
-        let uid = match identify(local, peer) {
-            Ok(uid) if uid == self.owner => return Verdict::Allowed { uid },
-            Ok(uid) => uid,
-            Err(why) => {
-                return Verdict::Denied {
-                    uid: None,
-                    message: format!(
-                        "{why}; this proxymesh daemon belongs to {}{}",
-                        self.owner_desc,
-                        self.group_note()
-                    ),
-                }
-            }
-        };
+        match identify(local, peer) {
+            Ok(uid) => self.decide_for(uid, &peer).await,
+            Err(why) => Verdict::Denied {
+                uid: None,
+                message: format!(
+                    "{why}; this proxymesh daemon belongs to {}{}",
+                    self.owner_desc,
+                    self.group_note()
+                ),
+            },
+        }
+    }
+
+    /// Decide for a Unix-socket caller whose uid the kernel gave with the
+    /// connection (`SO_PEERCRED`); `None` (not told) is refused.
+    pub async fn check_uid(self: &Arc<Self>, uid: Option<u32>) -> Verdict {
+        if !self.enforced {
+            return Verdict::Allowed { uid: self.owner };
+        }
+        match uid {
+            Some(uid) => self.decide_for(uid, &"unix socket").await,
+            None => Verdict::Denied {
+                uid: None,
+                message: format!(
+                    "cannot tell which user connected to the Unix socket; this proxymesh daemon \
+                     belongs to {}{}",
+                    self.owner_desc,
+                    self.group_note()
+                ),
+            },
+        }
+    }
+
+    /// The verdict for an identified caller (`peer`, for the log).
+    async fn decide_for(
+        self: &Arc<Self>,
+        uid: u32,
+        peer: &(dyn std::fmt::Display + Sync),
+    ) -> Verdict {
+        if uid == self.owner {
+            return Verdict::Allowed { uid };
+        }
         if let Some((verdict, at)) = self.cache().get(&uid) {
             if at.elapsed() < GROUP_CACHE_TTL {
                 return verdict.clone();

@@ -1,8 +1,12 @@
 //! Serving the local API: the accept loop, built on hyper's HTTP/1 server.
 //!
-//! For each accepted connection, once:
-//! 1. `TCP_NODELAY` is set;
-//! 2. the caller is identified and checked ([`Access`]): another
+//! The API is served on a loopback TCP address (ProxyStore's
+//! `EndpointConnector` and anything HTTP) and, besides, on a Unix socket
+//! (the SDK's fast local path: no TCP stack, and the kernel names the
+//! caller's uid with the connection). For each accepted connection, once:
+//! 1. `TCP_NODELAY` is set (TCP);
+//! 2. the caller is identified (the loopback connection's owner, or the
+//!    Unix socket's peer credentials) and checked ([`Access`]): another
 //!    user's connection is answered `403` (JSON [`ApiError`](proxymesh::api::ApiError), code
 //!    `forbidden`, naming both users) and closed;
 //! 3. it takes one of [`ApiOptions::max_connections`] slots (default 512).
@@ -58,7 +62,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use proxymesh::api::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -150,12 +154,13 @@ struct Shared {
     started: Instant,
 }
 
-/// Serve `router` on `listener` until `stop` resolves, then shut down
-/// gracefully (stop accepting, close idle connections, let in-flight
-/// requests finish). Connection tasks are owned by the returned future:
-/// dropping or aborting it closes them all.
+/// Serve `router` on `listener` (and on `unix`, if given) until `stop`
+/// resolves, then shut down gracefully (stop accepting, close idle
+/// connections, let in-flight requests finish). Connection tasks are owned
+/// by the returned future: dropping or aborting it closes them all.
 pub async fn serve(
     listener: TcpListener,
+    unix: Option<UnixListener>,
     router: Router,
     access: Arc<Access>,
     options: &ApiOptions,
@@ -178,6 +183,10 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
+    let accept_unix = async |unix: &Option<UnixListener>| match unix {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    };
     loop {
         tokio::select! {
             () = &mut stop => break,
@@ -187,7 +196,8 @@ pub async fn serve(
                     // The watcher is taken here, before the task runs, so a
                     // shutdown signalled meanwhile still reaches it.
                     let watcher = graceful.watcher();
-                    connections.spawn(connection(tcp, peer, shared.clone(), watcher));
+                    let who = Who::Tcp(peer);
+                    connections.spawn(connection(Conn::Tcp(tcp), who, shared.clone(), watcher));
                 }
                 Err(e) if is_connection_error(&e) => {}
                 Err(e) => {
@@ -200,10 +210,26 @@ pub async fn serve(
                     }
                 }
             },
+            accepted = accept_unix(&unix) => match accepted {
+                Ok(stream) => {
+                    let who = Who::Unix(stream.peer_cred().ok().map(|c| c.uid()));
+                    let watcher = graceful.watcher();
+                    connections.spawn(connection(Conn::Unix(stream), who, shared.clone(), watcher));
+                }
+                Err(e) if is_connection_error(&e) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot accept API connections on the Unix socket; retrying in 1 s");
+                    tokio::select! {
+                        () = &mut stop => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
     drop(listener);
+    drop(unix);
     graceful.shutdown().await;
     Ok(())
 }
@@ -218,18 +244,47 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
+/// An accepted connection.
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Who is on the other end, as far as the socket tells.
+#[derive(Debug, Clone, Copy)]
+enum Who {
+    /// A TCP client at this address.
+    Tcp(SocketAddr),
+    /// A Unix-socket client with this uid (`None`: the kernel did not say).
+    Unix(Option<u32>),
+}
+
+impl std::fmt::Display for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Who::Tcp(addr) => write!(f, "{addr}"),
+            Who::Unix(Some(uid)) => write!(f, "unix socket, uid {uid}"),
+            Who::Unix(None) => write!(f, "unix socket, unknown uid"),
+        }
+    }
+}
+
 /// One accepted connection: check the caller, take a slot, serve.
-async fn connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, watcher: Watcher) {
-    let local = match tcp.local_addr() {
-        Ok(a) => a,
-        Err(_) => return,
+async fn connection(conn: Conn, peer: Who, shared: Arc<Shared>, watcher: Watcher) {
+    let checked = match (&conn, peer) {
+        (Conn::Tcp(tcp), Who::Tcp(addr)) => match tcp.local_addr() {
+            Ok(local) => shared.access.check(local, addr).await,
+            Err(_) => return,
+        },
+        (_, Who::Unix(uid)) => shared.access.check_uid(uid).await,
+        (Conn::Unix(_), Who::Tcp(_)) => return,
     };
-    let uid = match shared.access.check(local, peer).await {
+    let uid = match checked {
         Verdict::Allowed { uid } => uid,
         Verdict::Denied { uid, message } => {
             tracing::debug!(%peer, ?uid, "refused a local API connection: {message}");
             let failure = (StatusCode::FORBIDDEN, ErrorCode::Forbidden, message);
-            return refuse(tcp, &shared, watcher, failure).await;
+            return refuse(conn, &shared, watcher, failure).await;
         }
     };
     let slot = match shared.slots.clone().try_acquire_owned() {
@@ -250,18 +305,18 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, watch
                         ErrorCode::Internal,
                         message,
                     );
-                    return refuse(tcp, &shared, watcher, failure).await;
+                    return refuse(conn, &shared, watcher, failure).await;
                 }
             }
         }
     };
     tracing::trace!(%peer, uid, "serving a local API connection");
-    serve_connection(tcp, peer, &shared, watcher).await;
+    serve_connection(conn, peer, &shared, watcher).await;
     drop(slot);
 }
 
 impl Shared {
-    fn log_cap(&self, peer: SocketAddr) {
+    fn log_cap(&self, peer: Who) {
         let now = self.started.elapsed().as_secs();
         let last = self.cap_logged.load(Ordering::Relaxed);
         if last == u64::MAX || now >= last + 10 {
@@ -277,10 +332,10 @@ impl Shared {
 
 /// Serve an allowed connection until it closes, times out or the daemon
 /// shuts down.
-async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, watcher: Watcher) {
+async fn serve_connection(conn: Conn, peer: Who, shared: &Shared, watcher: Watcher) {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Tracked {
-        inner: tcp,
+        inner: conn,
         activity: activity.clone(),
     });
     let service = Tracking {
@@ -325,10 +380,10 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, wat
     }
 }
 
-/// Answer one request on `tcp` with `failure` and close it; or, when
+/// Answer one request on `conn` with `failure` and close it; or, when
 /// [`REFUSAL_SLOTS`] refusals are already under way, close it unanswered.
 async fn refuse(
-    tcp: TcpStream,
+    conn: Conn,
     shared: &Shared,
     watcher: Watcher,
     failure: (StatusCode, ErrorCode, String),
@@ -351,7 +406,7 @@ async fn refuse(
         .timer(TokioTimer::new())
         .header_read_timeout(shared.limits.header)
         .keep_alive(false);
-    let conn = watcher.watch(builder.serve_connection(TokioIo::new(tcp), service));
+    let conn = watcher.watch(builder.serve_connection(TokioIo::new(conn), service));
     let limit = shared.limits.header + REFUSAL_DRAIN_TIME + Duration::from_secs(1);
     let _ = tokio::time::timeout(limit, conn).await;
 }
@@ -493,8 +548,66 @@ impl Drop for InFlight {
 
 /// A socket that reports reads and writes to its connection's [`Activity`].
 struct Tracked {
-    inner: TcpStream,
+    inner: Conn,
     activity: Arc<Activity>,
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Tcp(s) => s.is_write_vectored(),
+            Conn::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 impl AsyncRead for Tracked {

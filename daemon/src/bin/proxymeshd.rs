@@ -106,6 +106,10 @@ struct Args {
     /// this daemon's own user [default: none, only this user].
     #[arg(long, env = "PROXYMESHD_API_GROUP", value_name = "GROUP")]
     api_group: Option<String>,
+    /// Also serve the local API on this Unix socket, or `off` [default:
+    /// api.sock in the data directory]. The SDK's fastest way in.
+    #[arg(long, env = "PROXYMESHD_API_SOCKET", value_name = "PATH|off")]
+    api_socket: Option<String>,
     /// Create the identity in the data directory if needed, print its peer ID
     /// (what the mesh operator admits) and exit.
     #[arg(long)]
@@ -183,6 +187,9 @@ impl Args {
         }
         if let Some(v) = self.api_group {
             cfg.api_group = Some(v);
+        }
+        if let Some(v) = self.api_socket {
+            cfg.api_socket = Some(v);
         }
         if self.print_peer_id {
             return Ok((cfg, None));
@@ -277,6 +284,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     println!("api:      http://{}", daemon.api_addr());
+    if let Some(path) = daemon.api_socket() {
+        println!("socket:   unix:{}", path.display());
+    }
     if let Some(mesh) = daemon.mesh() {
         for a in mesh.status().listen_addrs {
             println!("mesh:     {a}");

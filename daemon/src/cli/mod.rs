@@ -255,6 +255,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 println!("endpoint:   {}", s.uuid);
                 println!("version:    {}", s.version);
                 println!("api:        http://{}", s.api);
+                if let Some(socket) = &s.api_socket {
+                    println!("socket:     {socket}");
+                }
                 println!("data dir:   {}", s.data_dir);
                 println!(
                     "objects:    {} ({}; {} in memory of {} cap, {} on disk)",

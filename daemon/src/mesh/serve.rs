@@ -182,7 +182,12 @@ fn is_reset(e: &io::Error) -> bool {
 }
 
 /// Answer one request.
-async fn answer<S>(peer: PeerId, stream: &mut S, server: &Server, request: Request) -> io::Result<Next>
+async fn answer<S>(
+    peer: PeerId,
+    stream: &mut S,
+    server: &Server,
+    request: Request,
+) -> io::Result<Next>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -1,9 +1,10 @@
 //! [`DaemonConnector`]: objects held by the local `proxymeshd`, reached over
-//! its HTTP API ([`crate::api`]).
+//! its HTTP API ([`crate::api`]), on its Unix socket or its TCP address.
 
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -16,7 +17,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::de::DeserializeOwned;
@@ -53,7 +54,7 @@ fn streamed(stream: ByteStream) -> ReqBody {
     ))
 }
 
-fn new_client(trusted: TrustedUid) -> HttpClient {
+fn new_client(trusted: TrustedUid, socket: Option<Arc<PathBuf>>) -> HttpClient {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -61,25 +62,160 @@ fn new_client(trusted: TrustedUid) -> HttpClient {
         .pool_idle_timeout(POOL_IDLE)
         .build(CheckedConnector {
             inner: conn,
+            socket,
             trusted,
         })
 }
 
-/// Opens TCP connections to the daemon and, before the client writes a byte
-/// on one, checks who accepted it ([`localpeer::check_server`]): on
-/// loopback, the server socket must belong to our own effective uid (or the
-/// uid in [`localpeer::TRUST_UID_ENV`], besides). Another user's process squatting
-/// on the daemon's port is named in the error and receives nothing.
+/// Opens connections to the daemon (to its Unix socket if `socket`, else
+/// TCP) and, before the client writes a byte on one, checks who accepted
+/// it: the server must run as our own effective uid (or the uid in
+/// [`localpeer::TRUST_UID_ENV`], besides). On TCP the kernel is asked who
+/// holds the server socket ([`localpeer::check_server`], loopback only); on
+/// the Unix socket it tells the server's credentials with the connection.
+/// Another user's process squatting on the daemon's address is named in the
+/// error and receives nothing.
 #[derive(Clone)]
 struct CheckedConnector {
     inner: HttpConnector,
+    socket: Option<Arc<PathBuf>>,
     trusted: TrustedUid,
 }
 
 type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A connection to the daemon, either way.
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// What the HTTP client drives: a [`Stream`].
+struct ApiIo(TokioIo<Stream>);
+
+impl Connection for ApiIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for ApiIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for ApiIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connect to the daemon's Unix socket at `path` and check who serves it.
+async fn connect_unix(path: &std::path::Path, trusted: TrustedUid) -> io::Result<ApiIo> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out connecting"))?
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot connect to {}: {e}", path.display()),
+            )
+        })?;
+    let uid = stream.peer_cred()?.uid();
+    localpeer::judge_socket_server(path, uid, trusted, localpeer::effective_uid())
+        .map_err(io::Error::other)?;
+    Ok(ApiIo(TokioIo::new(Stream::Unix(stream))))
+}
+
 impl tower_service::Service<Uri> for CheckedConnector {
-    type Response = TokioIo<tokio::net::TcpStream>;
+    type Response = ApiIo;
     type Error = ConnectError;
     type Future =
         Pin<Box<dyn Future<Output = std::result::Result<Self::Response, ConnectError>> + Send>>;
@@ -89,20 +225,24 @@ impl tower_service::Service<Uri> for CheckedConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
         let trusted = self.trusted;
+        if let Some(path) = self.socket.clone() {
+            return Box::pin(async move { Ok(connect_unix(&path, trusted).await?) });
+        }
+        let connecting = self.inner.call(uri);
         Box::pin(async move {
             let io = connecting.await?;
-            let tcp = io.inner();
+            let tcp = io.into_inner();
             let (local, server) = (tcp.local_addr()?, tcp.peer_addr()?);
             localpeer::check_server(local, server, trusted)?;
-            Ok(io)
+            Ok(ApiIo(TokioIo::new(Stream::Tcp(tcp))))
         })
     }
 }
 
 struct Inner {
-    /// The API address as given (normalised to `http://host:port`), for messages.
+    /// The API address as given (normalised to `http://host:port` or
+    /// `unix:PATH`), for messages.
     api: String,
     authority: Authority,
     /// Used everywhere except on the SDK runtime.
@@ -112,8 +252,10 @@ struct Inner {
     sdk_client: HttpClient,
 }
 
-/// Talks to the local `proxymeshd` over its HTTP API (HTTP/1.1 keep-alive,
-/// `TCP_NODELAY`). Objects it stores live in the daemon, and their keys name
+/// Talks to the local `proxymeshd` over its HTTP API (HTTP/1.1 keep-alive),
+/// on its Unix socket (`unix:PATH`, the fastest way in: a small get costs
+/// about half what it costs over loopback TCP) or its TCP address
+/// (`host:port`, with `TCP_NODELAY`). Objects it stores live in the daemon, and their keys name
 /// the daemon's peer ID, so a proxy sent anywhere in the mesh resolves
 /// through the receiver's own daemon.
 ///
@@ -122,9 +264,9 @@ struct Inner {
 /// [`put_stream`](Connector::put_stream) / [`get_stream`](Connector::get_stream),
 /// which never hold the whole object in memory.
 ///
-/// Before a request is written on a new connection to a loopback address,
-/// the connector asks the kernel (Linux; see [`localpeer`]) whether the
-/// process that accepted it runs as our own effective uid: another user's process
+/// Before a request is written on a new connection, the connector asks the
+/// kernel (Linux; see [`localpeer`]) whether the process that accepted it
+/// runs as our own effective uid (on TCP, for loopback addresses): another user's process
 /// listening on the daemon's port (started before the daemon, or after it
 /// died) is refused with an [`Error::Unreachable`] naming that user, and
 /// receives no data. To use another user's daemon on purpose, set
@@ -144,13 +286,41 @@ impl fmt::Debug for DaemonConnector {
 }
 
 impl DaemonConnector {
-    /// A connector for the daemon API at `addr`: `host:port` or
+    /// A connector for the daemon API at `addr`: `unix:PATH` (the daemon's
+    /// Unix socket, `api.sock` in its data directory), `host:port` or
     /// `http://host:port`. Nothing is contacted until the first request.
     /// Reads [`PROXYMESH_TRUST_UID`](localpeer::TRUST_UID_ENV) (whose daemon
     /// to trust besides our own user's); a value that is not a uid is a
     /// configuration error.
+    ///
+    /// ```
+    /// use proxymesh::DaemonConnector;
+    /// let fast = DaemonConnector::new("unix:/home/alice/.local/share/proxymesh/api.sock")?;
+    /// let tcp = DaemonConnector::new("127.0.0.1:7878")?;
+    /// assert_eq!(tcp.api_addr(), "http://127.0.0.1:7878");
+    /// assert!(fast.api_addr().starts_with("unix:"));
+    /// # Ok::<(), proxymesh::Error>(())
+    /// ```
     pub fn new(addr: &str) -> Result<Self> {
         let trimmed = addr.trim();
+        if let Some(path) = trimmed.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(Error::Config(format!(
+                    "malformed daemon API address {addr:?}: expected unix:PATH (the daemon's socket)"
+                )));
+            }
+            let trusted = TrustedUid::from_env().map_err(Error::Config)?;
+            let socket = Some(Arc::new(PathBuf::from(path)));
+            return Ok(Self {
+                inner: Arc::new(Inner {
+                    api: format!("unix:{path}"),
+                    // The API accepts only loopback `Host`s (DNS rebinding).
+                    authority: Authority::from_static("localhost"),
+                    client: new_client(trusted, socket.clone()),
+                    sdk_client: new_client(trusted, socket),
+                }),
+            });
+        }
         let rest = if let Some(rest) = trimmed.strip_prefix("http://") {
             rest
         } else if trimmed.starts_with("https://") {
@@ -177,25 +347,34 @@ impl DaemonConnector {
             inner: Arc::new(Inner {
                 api: format!("http://{authority}"),
                 authority,
-                client: new_client(trusted),
-                sdk_client: new_client(trusted),
+                client: new_client(trusted, None),
+                sdk_client: new_client(trusted, None),
             }),
         })
     }
 
     /// A connector for the daemon named by `PROXYMESH_API`
-    /// ([`api::API_ENV`]), else [`api::DEFAULT_API_ADDR`].
+    /// ([`api::API_ENV`]); else the Unix socket of a daemon with the
+    /// default data directory ([`api::default_socket`]) if there is one,
+    /// else [`api::DEFAULT_API_ADDR`].
     pub fn from_env() -> Result<Self> {
         match std::env::var(api::API_ENV) {
             Ok(v) if !v.trim().is_empty() => Self::new(&v).map_err(|e| match e {
                 Error::Config(m) => Error::Config(format!("{m} (from {})", api::API_ENV)),
                 e => e,
             }),
-            _ => Self::new(api::DEFAULT_API_ADDR),
+            _ => {
+                let socket = api::default_socket();
+                if socket.exists() {
+                    Self::new(&format!("unix:{}", socket.display()))
+                } else {
+                    Self::new(api::DEFAULT_API_ADDR)
+                }
+            }
         }
     }
 
-    /// The daemon's API address, `http://host:port`.
+    /// The daemon's API address, `http://host:port` or `unix:PATH`.
     pub fn api_addr(&self) -> &str {
         &self.inner.api
     }

@@ -399,7 +399,11 @@ async fn warm_requests_reuse_one_stream() {
         let name = RemoteName::Native(ObjectId::random());
         assert!(!consumer.fetcher.exists(peer, name, &[]).await.unwrap());
     }
-    assert!(consumer.fetcher.exists(peer, RemoteName::Native(objects[0].0), &[]).await.unwrap());
+    assert!(consumer
+        .fetcher
+        .exists(peer, RemoteName::Native(objects[0].0), &[])
+        .await
+        .unwrap());
     assert_eq!(
         consumer.opener.opens.load(Ordering::Relaxed),
         1,
@@ -408,9 +412,15 @@ async fn warm_requests_reuse_one_stream() {
     assert_eq!(consumer.fetcher.transfers(), 4);
     // A request that fails drops its stream (even a plain "not found"),
     // and the next one opens another.
-    let missing = consumer.fetcher.get(peer, RemoteName::Native(ObjectId::random()), &[]);
+    let missing = consumer
+        .fetcher
+        .get(peer, RemoteName::Native(ObjectId::random()), &[]);
     assert!(matches!(missing.await, Err(MeshError::NotFound { .. })));
-    assert!(consumer.fetcher.exists(peer, RemoteName::Native(objects[1].0), &[]).await.unwrap());
+    assert!(consumer
+        .fetcher
+        .exists(peer, RemoteName::Native(objects[1].0), &[])
+        .await
+        .unwrap());
     assert_eq!(consumer.opener.opens.load(Ordering::Relaxed), 2);
 }
 
