@@ -9,7 +9,13 @@
 //! storage writer for the cache and passes them through a bounded channel to
 //! the returned body. The pipeline holds a few chunks at most; a slow reader
 //! of the body slows the transfer down (back-pressure), and a reader that
-//! goes away does not stop the transfer into the cache.
+//! goes away does not stop the transfer into the cache. Small objects (up
+//! to 64 KiB) are moved the same way but by the requesting task, before
+//! the body is returned: no task hand-offs on the small-object path.
+//!
+//! Streams are reused: a get or exists goes out on an idle stream to the
+//! peer when there is one ([`pool`](super::pool)), so a warm small get is
+//! one request/response round trip.
 //!
 //! - **Verification**: the last chunk is released only after the hash
 //!   matched, so a corrupt or truncated transfer always ends the body with an
@@ -57,6 +63,10 @@ const RECENT_TRANSFERS: usize = 32;
 /// Chunks buffered between the network task and the body handed out
 /// (each up to [`CHUNK`](super::protocol::CHUNK) bytes).
 const PIPELINE_CHUNKS: usize = 8;
+/// Objects up to this size are fetched to their end (verified, cached) in
+/// the requesting task before their body is handed out, rather than by a
+/// task of their own: a small get costs no task hand-offs.
+const FETCH_INLINE: u64 = 64 * 1024;
 
 /// Fetch settings.
 #[derive(Debug, Clone)]
@@ -611,7 +621,14 @@ impl Fetcher {
             }
             recent.push_back(record.clone());
         }
-        let (tx, rx) = mpsc::channel(PIPELINE_CHUNKS);
+        let inline = size <= FETCH_INLINE;
+        // Inline, the body is read before anyone drains the channel: room
+        // for every chunk (at least a byte each), so sending never waits.
+        let (tx, rx) = mpsc::channel(if inline {
+            size as usize + 2
+        } else {
+            PIPELINE_CHUNKS
+        });
         let pump = Pump {
             inner: Arc::clone(&self.inner),
             peer,
@@ -626,7 +643,11 @@ impl Fetcher {
             moves: 0,
             timeouts,
         };
-        tokio::spawn(pump.run());
+        if inline {
+            pump.run().await;
+        } else {
+            tokio::spawn(pump.run());
+        }
         let body: ChunkStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         }));
