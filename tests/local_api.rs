@@ -832,18 +832,23 @@ fn idle_and_slow_requests_with_short_timeouts() {
     rt.block_on(daemon.shutdown()).unwrap();
 }
 
-/// Connect to a Unix socket and send one `GET /v1/status`; prints
-/// `{"errno": N}` if the connect fails, else `{"answer": "..."}` (all the
-/// server sent until it closed or went quiet).
+/// Connect to a Unix socket and send one `GET /v1/status` (or, with a
+/// second argument, the quick protocol's hello and an exists check for
+/// that key); prints `{"errno": N}` if the connect fails, else
+/// `{"answer": [bytes]}` (all the server sent until it closed or went quiet).
 const UNIX_CLIENT: &str = r#"
-import json, socket, sys
+import json, socket, struct, sys
 s = socket.socket(socket.AF_UNIX)
 try:
     s.connect(sys.argv[1])
 except OSError as e:
     print(json.dumps({'errno': e.errno}))
     sys.exit(0)
-s.sendall(b'GET /v1/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
+if len(sys.argv) > 2:
+    key = sys.argv[2].encode()
+    s.sendall(b'\0PM1' + bytes([2]) + struct.pack('>H', len(key)) + key)
+else:
+    s.sendall(b'GET /v1/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
 s.settimeout(10)
 data = b''
 while True:
@@ -854,7 +859,7 @@ while True:
     if not chunk:
         break
     data += chunk
-print(json.dumps({'answer': data.decode('utf-8', 'replace')}))
+print(json.dumps({'answer': list(data)}))
 "#;
 
 /// Listen on a Unix socket (mode 0666) as another user; print "ready",
@@ -883,6 +888,16 @@ while True:
 print(json.dumps({'bytes': total}), flush=True)
 "#;
 
+/// Run the `proxymesh` CLI against `api` with `args`.
+fn cli_at(api: &str, args: &[&str]) -> std::process::Output {
+    Command::new(bin_path("proxymesh"))
+        .args(["--api", api])
+        .args(args)
+        .env_remove("PROXYMESH_TRUST_UID")
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_unix_socket_serves_only_its_user_and_the_sdk_checks_who_serves_it() {
     if !require_root("Unix socket caller checks (needs a second Unix user)") {
@@ -902,14 +917,49 @@ fn the_unix_socket_serves_only_its_user_and_the_sdk_checks_who_serves_it() {
     std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let path = shared.path().join("api.sock");
     let d = DaemonProcess::start(&["--api-socket", path.to_str().unwrap()]);
-    assert_eq!(d.socket, Some(format!("unix:{}", path.display())));
+    let api = format!("unix:{}", path.display());
+    assert_eq!(d.socket.as_deref(), Some(api.as_str()));
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the socket is its user's alone");
 
-    let ask_as_other = || {
+    // The owner is served over it (the CLI, through the SDK: put and status
+    // over HTTP, get and exists over the quick protocol).
+    let out = cli_at(&api, &["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&api));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), b"root's data").unwrap();
+    let out = cli_at(&api, &["put", file.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ticket = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let out = cli_at(&api, &["get", &ticket]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"root's data");
+    let out = cli_at(&api, &["exists", &ticket]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ask_as_other = |quick_key: Option<&str>| {
         let out = user
             .command(&py)
             .args(["-c", UNIX_CLIENT, path.to_str().unwrap()])
+            .args(quick_key)
             .stdin(Stdio::null())
             .output()
             .expect("run python as the other user");
@@ -918,38 +968,36 @@ fn the_unix_socket_serves_only_its_user_and_the_sdk_checks_who_serves_it() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        match seen["answer"].as_array() {
+            Some(bytes) => Ok(bytes
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+                .collect::<Vec<u8>>()),
+            None => Err(seen["errno"].as_i64().unwrap()),
+        }
     };
     // The file mode keeps the other user out...
-    let seen = ask_as_other();
-    assert_eq!(seen["errno"], libc::EACCES, "{seen}");
-    // ...and were it opened up, the daemon refuses by the caller's uid.
+    assert_eq!(ask_as_other(None), Err(libc::EACCES as i64));
+    // ...and were it opened up, the daemon refuses by the caller's uid, in
+    // HTTP and in the quick protocol.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let seen = ask_as_other();
-    let answer = seen["answer"].as_str().unwrap_or_default();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
+    let answer = String::from_utf8(ask_as_other(None).unwrap()).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
     let status: u16 = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     assert_forbidden("GET /v1/status over the Unix socket", status, body, &user);
+    let answer = ask_as_other(Some(&ticket)).unwrap();
+    assert!(answer.len() >= 10, "{answer:?}");
+    let status = u16::from_be_bytes([answer[0], answer[1]]);
+    let body = String::from_utf8_lossy(&answer[10..]);
+    assert_forbidden("a quick-protocol exists", status, &body, &user);
 
-    // The owner is served over it (the CLI, through the SDK).
-    let cli = bin_path("proxymesh");
-    let api = format!("unix:{}", path.display());
-    let out = Command::new(&cli)
-        .args(["--api", &api, "status"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&api));
-
-    // Another user's socket: the SDK sends it nothing.
+    // Another user's socket: the SDK sends it nothing, over HTTP (put) or
+    // the quick protocol (get).
     let squat = shared.path().join("squat.sock");
     let mut squatter = user
         .command(&py)
@@ -963,27 +1011,23 @@ fn the_unix_socket_serves_only_its_user_and_the_sdk_checks_who_serves_it() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "ready");
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), b"root's data").unwrap();
     let squat_api = format!("unix:{}", squat.display());
-    let out = Command::new(&cli)
-        .args(["--api", &squat_api, "put"])
-        .arg(file.path())
-        .env_remove("PROXYMESH_TRUST_UID")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let seen = stop_squatter(squatter);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "the Unix socket {} is served by uid {} ({}), not by you (uid 0 (root)); refusing to send data to it",
-            squat.display(),
-            user.uid,
-            user.name
-        )),
-        "{stderr}"
+    let refused = format!(
+        "the Unix socket {} is served by uid {} ({}), not by you (uid 0 (root)); refusing to send data to it",
+        squat.display(),
+        user.uid,
+        user.name
     );
+    for args in [
+        vec!["put", file.path().to_str().unwrap()],
+        vec!["get", &ticket],
+    ] {
+        let out = cli_at(&squat_api, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains(&refused), "{args:?}: {stderr}");
+    }
+    let seen = stop_squatter(squatter);
     assert_eq!(
         seen["bytes"], 0,
         "the squatter received request bytes: {seen}"

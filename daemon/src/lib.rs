@@ -141,8 +141,9 @@ impl Daemon {
         });
         let app = api::router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
+        let served = state.clone();
         let server = tokio::spawn(async move {
-            api::server::serve(listener, unix, app, access, &api, async move {
+            api::server::serve(listener, unix, app, served, access, &api, async move {
                 let _ = stopped.await;
             })
             .await

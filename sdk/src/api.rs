@@ -68,6 +68,64 @@ pub const BATCH_EXISTS: &str = "/v1/batch/exists";
 /// `POST /v1/batch/evict`.
 pub const BATCH_EVICT: &str = "/v1/batch/evict";
 
+/// The quick protocol: small gets and exists checks without HTTP, on the
+/// daemon's Unix socket only.
+///
+/// A connection to the socket whose first bytes are [`HELLO`](quick::HELLO)
+/// speaks it instead of HTTP/1.1 (a request line never starts with a NUL
+/// byte). Then, any number of times:
+///
+/// - request: `op: u8` ([`GET`](quick::GET) or [`EXISTS`](quick::EXISTS)),
+///   `len: u16` big-endian, then `len` bytes of the object's key as in
+///   `/v1/objects/{key}` (at most [`MAX_KEY`](quick::MAX_KEY));
+/// - answer: `status: u16` big-endian (the HTTP status the same `GET` or
+///   `HEAD /v1/objects/{key}` would get), `len: u64` big-endian, then `len`
+///   bytes: the object (a `GET` answered 200), nothing (`EXISTS`: 200 or
+///   404), or an [`ApiError`] as JSON (any other status; also a `GET` that
+///   is not found).
+///
+/// The object's bytes, its hash and remote fetches are exactly the `GET`
+/// route's; an object that fails midway (a remote fetch that breaks) ends
+/// the connection short of `len`. The daemon's usual connection limits and
+/// timeouts apply (idle between requests, a request's rest after its first
+/// byte, a stalled answer).
+pub mod quick {
+    /// First bytes of a quick-protocol connection (protocol version 1).
+    pub const HELLO: &[u8; 4] = b"\0PM1";
+    /// Get an object.
+    pub const GET: u8 = 1;
+    /// Whether an object exists.
+    pub const EXISTS: u8 = 2;
+    /// Longest key accepted.
+    pub const MAX_KEY: usize = 1024;
+    /// Longest error body an answer may carry.
+    pub const MAX_ERROR: u64 = 64 * 1024;
+
+    /// Encode a request.
+    pub fn request(op: u8, key: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(3 + key.len());
+        out.push(op);
+        out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+        out.extend_from_slice(key.as_bytes());
+        out
+    }
+
+    /// Encode an answer's header.
+    pub fn answer_header(status: u16, len: u64) -> [u8; 10] {
+        let mut out = [0u8; 10];
+        out[..2].copy_from_slice(&status.to_be_bytes());
+        out[2..].copy_from_slice(&len.to_be_bytes());
+        out
+    }
+
+    /// Decode an answer's header: status and length.
+    pub fn parse_answer_header(h: &[u8; 10]) -> (u16, u64) {
+        let status = u16::from_be_bytes([h[0], h[1]]);
+        let len = u64::from_be_bytes(h[2..].try_into().expect("8 bytes"));
+        (status, len)
+    }
+}
+
 /// The path of one object.
 pub fn object_path(key: &Key) -> String {
     format!("{OBJECTS}/{key}")

@@ -872,6 +872,32 @@ mod tests {
     }
 
     #[test]
+    fn socket_server_judgement() {
+        let path = std::path::Path::new("/run/pm/api.sock");
+        let own = TrustedUid {
+            uid: 1000,
+            from_env: false,
+        };
+        judge_socket_server(path, 1000, own, 1000).unwrap();
+        let err = judge_socket_server(path, 1001, own, 1000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("the Unix socket /run/pm/api.sock is served by uid 1001")
+                && err.contains("not by you (uid 1000")
+                && err.contains("PROXYMESH_TRUST_UID=1001"),
+            "{err}"
+        );
+        let bob = TrustedUid {
+            uid: 1001,
+            from_env: true,
+        };
+        judge_socket_server(path, 1001, bob, 1000).unwrap();
+        judge_socket_server(path, 1000, bob, 1000).unwrap();
+        assert!(judge_socket_server(path, 0, bob, 1000).is_err());
+    }
+
+    #[test]
     fn server_judgement() {
         let server = a("127.0.0.1:7878");
         let row = |uid, state, inode| TcpRow {

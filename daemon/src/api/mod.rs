@@ -48,6 +48,7 @@ use crate::service::Caller;
 mod native;
 pub mod peer;
 mod proxystore;
+pub mod quick;
 pub mod server;
 
 /// Chunk size for streaming objects out of disk files.

@@ -68,7 +68,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::peer::{Access, Verdict};
-use super::Failure;
+use super::{AppState, Failure};
 
 /// Default [`ApiOptions::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
@@ -143,6 +143,8 @@ impl ApiOptions {
 /// What every connection task shares.
 struct Shared {
     router: Router,
+    /// For the quick protocol on the Unix socket.
+    state: Arc<AppState>,
     access: Arc<Access>,
     slots: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
@@ -162,12 +164,14 @@ pub async fn serve(
     listener: TcpListener,
     unix: Option<UnixListener>,
     router: Router,
+    state: Arc<AppState>,
     access: Arc<Access>,
     options: &ApiOptions,
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let shared = Arc::new(Shared {
         router,
+        state,
         access,
         slots: Arc::new(Semaphore::new(options.max_connections.max(1))),
         refusals: Arc::new(Semaphore::new(REFUSAL_SLOTS)),
@@ -271,6 +275,22 @@ impl std::fmt::Display for Who {
 
 /// One accepted connection: check the caller, take a slot, serve.
 async fn connection(conn: Conn, peer: Who, shared: Arc<Shared>, watcher: Watcher) {
+    // A Unix-socket client may speak the quick protocol instead of HTTP;
+    // refusals are answered in the client's protocol.
+    let quick = match &conn {
+        Conn::Unix(s) => match speaks_quick(s, shared.limits.idle).await {
+            Ok(quick) => quick,
+            Err(_) => return,
+        },
+        Conn::Tcp(_) => false,
+    };
+    let refusal = async |conn, shared: &Shared, watcher, failure| {
+        if quick {
+            refuse_quick(conn, shared, failure).await
+        } else {
+            refuse(conn, shared, watcher, failure).await
+        }
+    };
     let checked = match (&conn, peer) {
         (Conn::Tcp(tcp), Who::Tcp(addr)) => match tcp.local_addr() {
             Ok(local) => shared.access.check(local, addr).await,
@@ -284,7 +304,7 @@ async fn connection(conn: Conn, peer: Who, shared: Arc<Shared>, watcher: Watcher
         Verdict::Denied { uid, message } => {
             tracing::debug!(%peer, ?uid, "refused a local API connection: {message}");
             let failure = (StatusCode::FORBIDDEN, ErrorCode::Forbidden, message);
-            return refuse(conn, &shared, watcher, failure).await;
+            return refusal(conn, &shared, watcher, failure).await;
         }
     };
     let slot = match shared.slots.clone().try_acquire_owned() {
@@ -305,14 +325,98 @@ async fn connection(conn: Conn, peer: Who, shared: Arc<Shared>, watcher: Watcher
                         ErrorCode::Internal,
                         message,
                     );
-                    return refuse(conn, &shared, watcher, failure).await;
+                    return refusal(conn, &shared, watcher, failure).await;
                 }
             }
         }
     };
-    tracing::trace!(%peer, uid, "serving a local API connection");
-    serve_connection(conn, peer, &shared, watcher).await;
+    tracing::trace!(%peer, uid, quick, "serving a local API connection");
+    if quick {
+        if let Err(e) = serve_quick(conn, &shared).await {
+            tracing::debug!(%peer, error = %e, "quick-protocol connection ended");
+        }
+    } else {
+        serve_connection(conn, peer, &shared, watcher).await;
+    }
     drop(slot);
+}
+
+/// Whether a Unix-socket client speaks the quick protocol: its first byte,
+/// left in the socket, is NUL (HTTP's never is). Waits up to `limit` for it.
+async fn speaks_quick(s: &UnixStream, limit: Duration) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let fd = s.as_raw_fd();
+    let peek = async {
+        loop {
+            s.readable().await?;
+            let mut first = 0u8;
+            let peeked = s.try_io(tokio::io::Interest::READABLE, || {
+                // SAFETY: a one-byte read into a live byte from an open
+                // socket; MSG_PEEK leaves the byte queued for the reader.
+                let n = unsafe { libc::recv(fd, (&raw mut first).cast(), 1, libc::MSG_PEEK) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n)
+                }
+            });
+            match peeked {
+                // Closed at once: nothing to serve either way.
+                Ok(0) => return Ok(false),
+                Ok(_) => return Ok(first == 0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    tokio::time::timeout(limit, peek)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request"))?
+}
+
+/// Read the quick protocol's hello, then serve it.
+async fn serve_quick(mut conn: Conn, shared: &Shared) -> io::Result<()> {
+    read_hello(&mut conn, shared.limits.header).await?;
+    super::quick::serve(conn, shared.state.clone(), shared.limits).await
+}
+
+async fn read_hello(conn: &mut Conn, limit: Duration) -> io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut hello = [0u8; 4];
+    tokio::time::timeout(limit, conn.read_exact(&mut hello))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no hello"))??;
+    if &hello != proxymesh::api::quick::HELLO {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a quick-protocol hello (another version?)",
+        ));
+    }
+    Ok(())
+}
+
+/// [`refuse`] for a quick-protocol client: one answer carrying the failure.
+async fn refuse_quick(mut conn: Conn, shared: &Shared, failure: (StatusCode, ErrorCode, String)) {
+    use tokio::io::AsyncWriteExt;
+    let Ok(_lane) = shared.refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    let limit = shared.limits.header;
+    let _ = tokio::time::timeout(limit, async {
+        read_hello(&mut conn, limit).await?;
+        let (status, code, message) = failure;
+        let body = serde_json::to_vec(&proxymesh::api::ApiError {
+            code,
+            error: message,
+        })
+        .unwrap_or_default();
+        let mut out =
+            proxymesh::api::quick::answer_header(status.as_u16(), body.len() as u64).to_vec();
+        out.extend_from_slice(&body);
+        conn.write_all(&out).await?;
+        conn.shutdown().await
+    })
+    .await;
 }
 
 impl Shared {

@@ -27,7 +27,9 @@ use progress::Progress;
 #[derive(Debug, Parser)]
 #[command(name = "proxymesh", version, about, long_about)]
 pub struct Cli {
-    /// Address of the local daemon's API [default: 127.0.0.1:7878].
+    /// The local daemon's API: `unix:PATH` (its socket) or `host:port`
+    /// [default: the default data directory's api.sock if it exists, else
+    /// 127.0.0.1:7878].
     #[arg(long, global = true, env = "PROXYMESH_API", value_name = "ADDR")]
     api: Option<String>,
     /// Never show progress bars.

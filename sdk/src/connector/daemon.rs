@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::quick::{Answer, QuickClient};
 use super::{ByteStream, Connector, ConnectorConfig};
 use crate::api::{self, ApiError, ErrorCode};
 use crate::error::{Error, Result};
@@ -250,6 +251,8 @@ struct Inner {
     /// Used on the SDK runtime, so that synchronous proxy resolution never
     /// depends on connections driven by a (blocked) caller's runtime.
     sdk_client: HttpClient,
+    /// Gets and exists checks without HTTP, on the Unix socket.
+    quick: Option<QuickClient>,
 }
 
 /// Talks to the local `proxymeshd` over its HTTP API (HTTP/1.1 keep-alive),
@@ -318,6 +321,7 @@ impl DaemonConnector {
                     authority: Authority::from_static("localhost"),
                     client: new_client(trusted, socket.clone()),
                     sdk_client: new_client(trusted, socket),
+                    quick: Some(QuickClient::new(PathBuf::from(path), trusted)),
                 }),
             });
         }
@@ -349,6 +353,7 @@ impl DaemonConnector {
                 authority,
                 client: new_client(trusted, None),
                 sdk_client: new_client(trusted, None),
+                quick: None,
             }),
         })
     }
@@ -531,10 +536,15 @@ impl DaemonConnector {
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-        let (code, message) = match serde_json::from_slice::<ApiError>(&body) {
+        self.error_of(status, &body)
+    }
+
+    /// [`Error::Daemon`] from an error status and its body.
+    fn error_of(&self, status: StatusCode, body: &[u8]) -> Error {
+        let (code, message) = match serde_json::from_slice::<ApiError>(body) {
             Ok(e) => (e.code, e.error),
             Err(_) => {
-                let text = String::from_utf8_lossy(&body).trim().to_owned();
+                let text = String::from_utf8_lossy(body).trim().to_owned();
                 let message = if text.is_empty() {
                     status.canonical_reason().unwrap_or("error").to_owned()
                 } else {
@@ -549,6 +559,18 @@ impl DaemonConnector {
             code,
             message,
         }
+    }
+
+    async fn ask_quick(&self, quick: &QuickClient, op: u8, key: &Key) -> Result<Answer> {
+        quick
+            .ask(op, &key.to_string())
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))
+    }
+
+    fn quick_error(&self, answer: Answer) -> Error {
+        let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        self.error_of(status, &answer.body)
     }
 
     fn mismatch(&self, what: &str, got: usize, want: usize) -> Error {
@@ -644,6 +666,14 @@ impl Connector for DaemonConnector {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
+        if let Some(quick) = &self.inner.quick {
+            let answer = self.ask_quick(quick, api::quick::GET, key).await?;
+            return match answer.status {
+                200 => Ok(Some(answer.body)),
+                404 => Ok(None),
+                _ => Err(self.quick_error(answer)),
+            };
+        }
         let resp = self
             .send(Method::GET, api::object_path(key), empty(), None)
             .await?;
@@ -659,6 +689,14 @@ impl Connector for DaemonConnector {
     }
 
     async fn exists(&self, key: &Key) -> Result<bool> {
+        if let Some(quick) = &self.inner.quick {
+            let answer = self.ask_quick(quick, api::quick::EXISTS, key).await?;
+            return match answer.status {
+                200 => Ok(true),
+                404 => Ok(false),
+                _ => Err(self.quick_error(answer)),
+            };
+        }
         let resp = self
             .send(Method::HEAD, api::object_path(key), empty(), None)
             .await?;
@@ -802,6 +840,8 @@ mod tests {
             let c = DaemonConnector::new(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
             assert!(c.api_addr().starts_with("http://"), "{}", c.api_addr());
         }
+        let c = DaemonConnector::new("unix:/run/pm/api.sock").unwrap();
+        assert_eq!(c.api_addr(), "unix:/run/pm/api.sock");
         for bad in [
             "",
             "https://x:1",
@@ -809,6 +849,7 @@ mod tests {
             "http://a b:1",
             "user@host:1",
             "h:1/path",
+            "unix:",
         ] {
             assert!(
                 matches!(DaemonConnector::new(bad), Err(Error::Config(_))),

@@ -25,6 +25,7 @@ use crate::key::Key;
 mod daemon;
 mod file;
 mod local;
+mod quick;
 
 pub use daemon::DaemonConnector;
 pub use file::FileConnector;
