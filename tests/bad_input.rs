@@ -297,3 +297,80 @@ fn full_disk_is_507_and_loses_nothing() {
     );
     put(&d, &[6u8; 4 << 20]);
 }
+
+/// Send `bytes` on a fresh quick-protocol connection to `socket` (`unix:PATH`)
+/// and read answers until the daemon closes it or goes quiet: each answer's
+/// status and body.
+fn quick_exchange(socket: &str, bytes: &[u8]) -> (Vec<(u16, String)>, bool) {
+    let path = socket.strip_prefix("unix:").unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(bytes).unwrap();
+    let mut answers = Vec::new();
+    loop {
+        let mut header = [0u8; 10];
+        match s.read_exact(&mut header) {
+            Ok(()) => {}
+            // Closed by the daemon (true; a reset if it left bytes unread),
+            // or still open and quiet (false: the read timed out).
+            Err(e) => {
+                let closed = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                );
+                return (answers, closed);
+            }
+        }
+        let (status, len) = proxymesh::api::quick::parse_answer_header(&header);
+        let mut body = vec![0u8; len as usize];
+        s.read_exact(&mut body).unwrap();
+        answers.push((status, String::from_utf8_lossy(&body).into_owned()));
+    }
+}
+
+#[test]
+fn bad_quick_protocol_requests_get_an_answer_or_a_closed_connection() {
+    use proxymesh::api::quick::{request, EXISTS, GET, HELLO, MAX_KEY};
+    let d = DaemonProcess::start(&[]);
+    let socket = d.socket.clone().expect("a Unix socket");
+    let key = put(&d, b"quick");
+
+    // A malformed key is a 400 with a message, and the connection goes on:
+    // the next request (a missing bare object ID) is a 404, then a real get.
+    let mut bytes = HELLO.to_vec();
+    bytes.extend(request(GET, "not-a-key"));
+    bytes.extend(request(EXISTS, &"0".repeat(32)));
+    bytes.extend(request(GET, &key));
+    let (answers, closed) = quick_exchange(&socket, &bytes);
+    assert!(!closed, "{answers:?}");
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert_eq!(answers[0].0, 400, "{answers:?}");
+    assert!(
+        answers[0].1.contains("\"code\":\"bad_request\""),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1], (404, String::new()));
+    assert_eq!(answers[2], (200, "quick".to_string()));
+
+    // An unknown request is answered 400, then the connection closes (what
+    // follows cannot be trusted to be framed).
+    let mut bytes = HELLO.to_vec();
+    bytes.extend([9u8, 0, 0]);
+    let (answers, closed) = quick_exchange(&socket, &bytes);
+    assert!(
+        closed && answers.len() == 1 && answers[0].0 == 400,
+        "{answers:?}"
+    );
+
+    // A key longer than the limit, or another version's hello: closed unanswered.
+    let mut bytes = HELLO.to_vec();
+    bytes.push(GET);
+    bytes.extend(((MAX_KEY + 1) as u16).to_be_bytes());
+    bytes.extend(vec![b'k'; MAX_KEY + 1]);
+    assert_eq!(quick_exchange(&socket, &bytes), (vec![], true));
+    assert_eq!(quick_exchange(&socket, b"\0PM9"), (vec![], true));
+
+    // The daemon still serves, and stored nothing for any of it.
+    assert_eq!(object_count(&d), 1);
+}

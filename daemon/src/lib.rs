@@ -1,8 +1,9 @@
 //! # proxymesh-daemon
 //!
 //! `proxymeshd` is the per-site daemon of proxymesh. Applications at a site
-//! hand it objects through the SDK (crate `proxymesh`) over a loopback HTTP
-//! API; it keeps them in memory, spilling large objects and overflow to its
+//! hand it objects through the SDK (crate `proxymesh`) over its local API
+//! (HTTP on loopback and on a Unix socket, plus a quick protocol for small
+//! gets on the socket); it keeps them in memory, spilling large objects and overflow to its
 //! data directory, and answers gets by streaming them back. Each daemon has a
 //! persistent libp2p identity: its peer ID is part of every key it hands out,
 //! so a key says which site holds the bytes. With relays configured, daemons
@@ -19,7 +20,8 @@
 //!   fetch protocol that moves objects between daemons;
 //! - [`service`]: the object service every door goes through, and the one
 //!   table of who may do what;
-//! - [`api`]: the HTTP routes (native and ProxyStore), thin over [`service`];
+//! - [`api`]: the HTTP routes (native and ProxyStore) and the socket's quick
+//!   protocol, thin over [`service`];
 //! - [`cli`]: the `proxymesh` client command line.
 //!
 //! The daemon can be embedded (the examples and tests do):

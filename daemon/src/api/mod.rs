@@ -1,6 +1,7 @@
 //! The daemon's local HTTP API: proxymesh's native `/v1` routes (contract in
 //! [`proxymesh::api`]) and ProxyStore 1.x's endpoint routes, served by axum on
-//! a loopback address. Handlers are thin: they parse input, hand it to the
+//! a loopback address and on a Unix socket, where [`quick`] also serves the
+//! SDK's small gets without HTTP. Handlers are thin: they parse input, hand it to the
 //! [object service](crate::service) (which decides what the caller may do
 //! and where the bytes live), stream bodies in and out, and map failures to
 //! clear 4xx/5xx answers. Every caller that got past [`server`] is the
@@ -12,8 +13,9 @@
 //! operator names); native and ProxyStore routes alike. It is enforced in
 //! three places:
 //! - [`server`]: the listener is loopback only (unless explicitly allowed),
-//!   and every accepted connection's caller is identified by the kernel
-//!   ([`peer`]); other users get 403 and the connection closes. Connection
+//!   the Unix socket is its user's (0600), and every accepted connection's
+//!   caller is identified by the kernel ([`peer`]; `SO_PEERCRED` on the
+//!   socket); other users get 403 and the connection closes. Connection
 //!   count, header and idle timeouts are bounded there too.
 //! - [`router`]'s first layer ([`browser_guard`]): requests whose `Host`
 //!   is not a loopback address or `localhost` (DNS rebinding), or that come
