@@ -66,6 +66,7 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 
 use super::peer::{Access, Verdict};
 use super::{AppState, Failure};
@@ -201,7 +202,7 @@ pub async fn serve(
                     // shutdown signalled meanwhile still reaches it.
                     let watcher = graceful.watcher();
                     let who = Who::Tcp(peer);
-                    connections.spawn(connection(Conn::Tcp(tcp), who, shared.clone(), watcher));
+                    connections.spawn(connection(Either::Left(tcp), who, shared.clone(), watcher));
                 }
                 Err(e) if is_connection_error(&e) => {}
                 Err(e) => {
@@ -218,7 +219,7 @@ pub async fn serve(
                 Ok(stream) => {
                     let who = Who::Unix(stream.peer_cred().ok().map(|c| c.uid()));
                     let watcher = graceful.watcher();
-                    connections.spawn(connection(Conn::Unix(stream), who, shared.clone(), watcher));
+                    connections.spawn(connection(Either::Right(stream), who, shared.clone(), watcher));
                 }
                 Err(e) if is_connection_error(&e) => {}
                 Err(e) => {
@@ -248,11 +249,8 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// An accepted connection.
-enum Conn {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
+/// An accepted connection: TCP (left) or the Unix socket (right).
+type Conn = Either<TcpStream, UnixStream>;
 
 /// Who is on the other end, as far as the socket tells.
 #[derive(Debug, Clone, Copy)]
@@ -278,11 +276,11 @@ async fn connection(conn: Conn, peer: Who, shared: Arc<Shared>, watcher: Watcher
     // A Unix-socket client may speak the quick protocol instead of HTTP;
     // refusals are answered in the client's protocol.
     let quick = match &conn {
-        Conn::Unix(s) => match speaks_quick(s, shared.limits.idle).await {
+        Either::Right(s) => match speaks_quick(s, shared.limits.idle).await {
             Ok(quick) => quick,
             Err(_) => return,
         },
-        Conn::Tcp(_) => false,
+        Either::Left(_) => false,
     };
     let refusal = async |conn, shared: &Shared, watcher, failure| {
         if quick {
@@ -292,12 +290,12 @@ async fn connection(conn: Conn, peer: Who, shared: Arc<Shared>, watcher: Watcher
         }
     };
     let checked = match (&conn, peer) {
-        (Conn::Tcp(tcp), Who::Tcp(addr)) => match tcp.local_addr() {
+        (Either::Left(tcp), Who::Tcp(addr)) => match tcp.local_addr() {
             Ok(local) => shared.access.check(local, addr).await,
             Err(_) => return,
         },
         (_, Who::Unix(uid)) => shared.access.check_uid(uid).await,
-        (Conn::Unix(_), Who::Tcp(_)) => return,
+        (Either::Right(_), Who::Tcp(_)) => return,
     };
     let uid = match checked {
         Verdict::Allowed { uid } => uid,
@@ -654,64 +652,6 @@ impl Drop for InFlight {
 struct Tracked {
     inner: Conn,
     activity: Arc<Activity>,
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Conn::Tcp(s) => s.is_write_vectored(),
-            Conn::Unix(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Conn::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
 }
 
 impl AsyncRead for Tracked {

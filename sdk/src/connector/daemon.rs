@@ -85,11 +85,8 @@ struct CheckedConnector {
 
 type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A connection to the daemon, either way.
-enum Stream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
+/// A connection to the daemon: TCP (left) or its Unix socket (right).
+type Stream = tokio_util::either::Either<tokio::net::TcpStream, tokio::net::UnixStream>;
 
 /// What the HTTP client drives: a [`Stream`].
 struct ApiIo(TokioIo<Stream>);
@@ -140,79 +137,10 @@ impl hyper::rt::Write for ApiIo {
     }
 }
 
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Tcp(s) => s.is_write_vectored(),
-            Stream::Unix(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
 /// Connect to the daemon's Unix socket at `path` and check who serves it.
 async fn connect_unix(path: &std::path::Path, trusted: TrustedUid) -> io::Result<ApiIo> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out connecting"))?
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot connect to {}: {e}", path.display()),
-            )
-        })?;
-    let uid = stream.peer_cred()?.uid();
-    localpeer::judge_socket_server(path, uid, trusted, localpeer::effective_uid())
-        .map_err(io::Error::other)?;
-    Ok(ApiIo(TokioIo::new(Stream::Unix(stream))))
+    let stream = super::quick::connect_checked(path, trusted).await?;
+    Ok(ApiIo(TokioIo::new(Stream::Right(stream))))
 }
 
 impl tower_service::Service<Uri> for CheckedConnector {
@@ -236,7 +164,7 @@ impl tower_service::Service<Uri> for CheckedConnector {
             let tcp = io.into_inner();
             let (local, server) = (tcp.local_addr()?, tcp.peer_addr()?);
             localpeer::check_server(local, server, trusted)?;
-            Ok(ApiIo(TokioIo::new(Stream::Tcp(tcp))))
+            Ok(ApiIo(TokioIo::new(Stream::Left(tcp))))
         })
     }
 }

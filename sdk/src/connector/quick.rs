@@ -115,9 +115,11 @@ impl QuickClient {
     }
 }
 
-/// Connect, check who serves the socket, say hello.
-async fn connect(path: &Path, trusted: TrustedUid) -> io::Result<UnixStream> {
-    let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(path))
+/// Connect to the daemon's socket at `path` and check, before anything is
+/// sent, that its server runs as our own uid or `trusted` (for HTTP and the
+/// quick protocol alike).
+pub(super) async fn connect_checked(path: &Path, trusted: TrustedUid) -> io::Result<UnixStream> {
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(path))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out connecting"))?
         .map_err(|e| {
@@ -129,6 +131,12 @@ async fn connect(path: &Path, trusted: TrustedUid) -> io::Result<UnixStream> {
     let uid = conn.peer_cred()?.uid();
     localpeer::judge_socket_server(path, uid, trusted, localpeer::effective_uid())
         .map_err(io::Error::other)?;
+    Ok(conn)
+}
+
+/// Connect, check who serves the socket, say hello.
+async fn connect(path: &Path, trusted: TrustedUid) -> io::Result<UnixStream> {
+    let mut conn = connect_checked(path, trusted).await?;
     conn.write_all(quick::HELLO).await?;
     Ok(conn)
 }
