@@ -273,13 +273,28 @@ impl std::fmt::Display for Who {
 
 /// One accepted connection: check the caller, take a slot, serve.
 async fn connection(conn: Conn, peer: Who, shared: Arc<Shared>, watcher: Watcher) {
-    // A Unix-socket client may speak the quick protocol instead of HTTP;
-    // refusals are answered in the client's protocol.
-    let quick = match &conn {
-        Either::Right(s) => match speaks_quick(s, shared.limits.idle).await {
-            Ok(quick) => quick,
+    let checked = match (&conn, peer) {
+        (Either::Left(tcp), Who::Tcp(addr)) => match tcp.local_addr() {
+            Ok(local) => shared.access.check(local, addr).await,
             Err(_) => return,
         },
+        (_, Who::Unix(uid)) => shared.access.check_uid(uid).await,
+        (Either::Right(_), Who::Tcp(_)) => return,
+    };
+    // A Unix-socket client may speak the quick protocol instead of HTTP;
+    // refusals are answered in the client's protocol. A refused client gets
+    // the header timeout to show which, an allowed one the idle timeout.
+    let quick = match &conn {
+        Either::Right(s) => {
+            let wait = match checked {
+                Verdict::Allowed { .. } => shared.limits.idle,
+                Verdict::Denied { .. } => shared.limits.header,
+            };
+            match speaks_quick(s, wait).await {
+                Ok(quick) => quick,
+                Err(_) => return,
+            }
+        }
         Either::Left(_) => false,
     };
     let refusal = async |conn, shared: &Shared, watcher, failure| {
@@ -288,14 +303,6 @@ async fn connection(conn: Conn, peer: Who, shared: Arc<Shared>, watcher: Watcher
         } else {
             refuse(conn, shared, watcher, failure).await
         }
-    };
-    let checked = match (&conn, peer) {
-        (Either::Left(tcp), Who::Tcp(addr)) => match tcp.local_addr() {
-            Ok(local) => shared.access.check(local, addr).await,
-            Err(_) => return,
-        },
-        (_, Who::Unix(uid)) => shared.access.check_uid(uid).await,
-        (Either::Right(_), Who::Tcp(_)) => return,
     };
     let uid = match checked {
         Verdict::Allowed { uid } => uid,

@@ -166,6 +166,17 @@ where
             }
             Ok(Ok(r)) => r,
         };
+        // The first request's membership was checked when the stream
+        // came in; a later one's is checked again (a revocation may have
+        // arrived meanwhile).
+        if served && !server.gate.is_member(&peer, SystemTime::now()) {
+            let reason =
+                "not a member of this mesh (any more): its membership was revoked or expired";
+            tracing::warn!(%peer, "refused a fetch-protocol request: {reason}");
+            let _ = send_answer(&mut stream, &Response::Refused(reason.into()), config).await;
+            let _ = server.dropper.send((peer, reason.into()));
+            return Ok(());
+        }
         match answer(peer, &mut stream, server, request).await? {
             Next::Request => (wait, served) = (config.keep_alive, true),
             Next::Closed => return Ok(()),

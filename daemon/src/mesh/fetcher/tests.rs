@@ -191,6 +191,8 @@ struct Producer {
     drops: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(PeerId, String)>>,
     /// Derives its objects' owner capabilities.
     owners: Arc<OwnerSecret>,
+    /// Whom it serves.
+    gate: Arc<Gate>,
     _server: Task,
     _dir: TempDir,
 }
@@ -222,17 +224,14 @@ impl Producer {
         let (dropper, drops) = tokio::sync::mpsc::unbounded_channel();
         let owners = Arc::new(OwnerSecret::from_bytes(rand::random()));
         let objects = LocalObjects::new(storage.clone(), owners.clone(), 8 * MIB as u64);
-        let server = serve::Server::new(
-            Arc::new(objects),
-            Arc::new(Gate::new(policy)),
-            dropper,
-            config,
-        );
+        let gate = Arc::new(Gate::new(policy));
+        let server = serve::Server::new(Arc::new(objects), gate.clone(), dropper, config);
         let server = tokio::spawn(serve::serve(incoming, Arc::new(server)));
         Producer {
             node,
             storage,
             owners,
+            gate,
             drops: tokio::sync::Mutex::new(drops),
             _server: Task(server),
             _dir: dir,
@@ -1264,6 +1263,40 @@ async fn a_slow_reader_does_not_trip_the_rate_floor() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(got, data);
+}
+
+#[tokio::test]
+async fn a_member_revoked_meanwhile_is_refused_on_a_kept_stream() {
+    let authority = Authority::generate();
+    let producer =
+        Producer::start_gated(MIB, 64 * KIB, Policy::Meshes(vec![authority.mesh_id()])).await;
+    let consumer = Consumer::start(&producer.node, test_config()).await;
+    let now = std::time::SystemTime::now();
+    let credential = authority.admit(consumer.node.peer, now, now + Duration::from_secs(3600));
+    producer
+        .gate
+        .admit(consumer.node.peer, Some(&credential), now)
+        .unwrap();
+    let (a, b) = (pattern(1000, 4), pattern(1000, 5));
+    let (id_a, id_b) = (producer.put_native(&a).await, producer.put_native(&b).await);
+    let peer = producer.node.peer;
+    let got = consumer.fetcher.get(peer, RemoteName::Native(id_a), &[]);
+    assert_eq!(read_fetched(got.await.unwrap()).await.unwrap(), a);
+    // Its membership ends while its stream is kept: the next request on
+    // that stream is refused, not served.
+    producer.gate.forget(&consumer.node.peer);
+    let err = consumer
+        .fetcher
+        .get(peer, RemoteName::Native(id_b), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MeshError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("not a member"), "{err}");
+    assert_eq!(
+        consumer.opener.opens.load(Ordering::Relaxed),
+        1,
+        "the kept stream was used"
+    );
 }
 
 #[tokio::test]
