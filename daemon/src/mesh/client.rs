@@ -306,7 +306,11 @@ fn frame_error(peer: PeerId, e: FrameError) -> MeshError {
                 super::error::stream_failure(&e)
             ),
         },
-        FrameError::Closed | FrameError::Truncated => MeshError::Protocol {
+        // A server answers every well-formed request before it closes the
+        // stream: one that closed unanswered went away with its connection
+        // (e.g. a relayed one closed for a direct one), which is worth
+        // asking again, not a protocol breach.
+        FrameError::Closed | FrameError::Truncated => MeshError::Unreachable {
             peer,
             reason: format!("no answer: {e}"),
         },
