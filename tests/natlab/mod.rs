@@ -28,6 +28,13 @@
 //! moves the port). [`Nat`] picks each site's flavour. IPv6 is disabled in
 //! every namespace; nothing in the rig routes anywhere outside it.
 //!
+//! A lab can also emulate a long, thin public link ([`Link`]: `rtt`,
+//! `rate_mbit`; [`Lab::with_link`]): each router delays every packet it
+//! forwards by a quarter of the RTT (a [`DelayLine`] on `NFQUEUE`: this
+//! kernel has no `netem`) and shapes its WAN and LAN sides with `tbf`. A
+//! packet between the two sites passes both routers each way, so A ↔ B sees
+//! the whole `rtt`; a site ↔ the relay sees half of it.
+//!
 //! Veth pairs are created directly inside their namespaces (`ip -n NS link
 //! add X type veth peer name Y netns NS2`), so no interface of the lab ever
 //! appears in the root namespace other tests share. Dropping the [`Lab`]
@@ -40,7 +47,25 @@ use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+mod delay;
+pub use delay::DelayLine;
+
+/// The emulated public link of every site (default: none, loopback speed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Link {
+    /// Round-trip time between the two sites (half of it between a site
+    /// and the relay). Zero: no delay.
+    pub rtt: Duration,
+    /// Each site's rate limit in each direction, Mbit/s (`None`: none).
+    pub rate_mbit: Option<u32>,
+}
+
+/// The `NFQUEUE` number the routers' delay lines use (each router is its
+/// own namespace, so both use the same number).
+const DELAY_QUEUE: u16 = 0;
 
 /// How a site's router translates its hosts' traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +116,9 @@ pub struct Lab {
     prefix: String,
     a: Nat,
     b: Nat,
+    link: Link,
+    /// The routers' delay lines, stopped before teardown.
+    lines: Mutex<Vec<DelayLine>>,
 }
 
 impl Lab {
@@ -101,6 +129,11 @@ impl Lab {
     /// in CI without root it panics. Any setup failure panics with the
     /// failing command and its stderr, after tearing down what was built.
     pub fn new(a: Nat, b: Nat) -> Option<Lab> {
+        Self::with_link(a, b, Link::default())
+    }
+
+    /// [`Lab::new`] with every site's public link emulated as `link`.
+    pub fn with_link(a: Nat, b: Nat, link: Link) -> Option<Lab> {
         if !proxymesh_suite::require_root("the NAT lab (network namespaces, iptables)") {
             return None;
         }
@@ -109,7 +142,13 @@ impl Lab {
             std::process::id(),
             LABS.fetch_add(1, Ordering::Relaxed)
         );
-        let lab = Lab { prefix, a, b };
+        let lab = Lab {
+            prefix,
+            a,
+            b,
+            link,
+            lines: Mutex::new(Vec::new()),
+        };
         // Anything carrying this prefix was left by a dead process that had
         // our pid: it is stale.
         lab.teardown();
@@ -287,6 +326,12 @@ impl Lab {
     /// from `Drop`, possibly while unwinding); problems are printed.
     /// [`leftovers`] then finds nothing.
     pub fn teardown(&self) {
+        // The delay lines are threads of this process inside the routers'
+        // namespaces: stop them first, or the namespaces outlive deletion.
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         let prefix = self.prefix();
         let namespaces: Vec<String> = list_namespaces()
             .into_iter()
@@ -452,6 +497,64 @@ impl Lab {
                 argv.extend(rule.split_whitespace());
                 self.sh(Some(router), &argv);
             }
+            self.emulate_link(router);
+        }
+    }
+
+    /// Delay and shape what `router` forwards, as [`Link`] says.
+    fn emulate_link(&self, router: &str) {
+        if let Some(mbit) = self.link.rate_mbit {
+            // A burst of at least one 10 ms tick at the rate, and up to a
+            // second of queue before tbf drops.
+            let burst = (u64::from(mbit) * 1_000_000 / 8 / 100).max(64 * 1024);
+            for dev in ["wan0", "lan0"] {
+                self.sh(
+                    Some(router),
+                    &[
+                        "tc",
+                        "qdisc",
+                        "add",
+                        "dev",
+                        dev,
+                        "root",
+                        "tbf",
+                        "rate",
+                        &format!("{mbit}mbit"),
+                        "burst",
+                        &burst.to_string(),
+                        "latency",
+                        "1s",
+                    ],
+                );
+            }
+        }
+        if !self.link.rtt.is_zero() {
+            // Bound before any packet is sent to it (an unbound queue drops).
+            let line = DelayLine::start(
+                &format!("/run/netns/{router}"),
+                DELAY_QUEUE,
+                self.link.rtt / 4,
+            );
+            self.lines
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(line);
+            let queue = DELAY_QUEUE.to_string();
+            self.sh(
+                Some(router),
+                &[
+                    "iptables",
+                    "-w",
+                    "-t",
+                    "mangle",
+                    "-A",
+                    "FORWARD",
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    &queue,
+                ],
+            );
         }
     }
 }
