@@ -17,8 +17,9 @@
 //!
 //! The SDK talks to objects through a [`Connector`]:
 //!
-//! * [`DaemonConnector`] — the local `proxymeshd` over its HTTP API
-//!   ([`api`]). Objects stay in the producer's daemon; keys name that
+//! * [`DaemonConnector`] — the local `proxymeshd` over its local API
+//!   ([`api`]): HTTP on its TCP address or Unix socket, and small gets in
+//!   the socket's quick protocol ([`api::quick`]). Objects stay in the producer's daemon; keys name that
 //!   daemon's peer ID, and a consumer anywhere in the mesh resolves through
 //!   its *own* local daemon, which fetches from the producer's.
 //! * [`FileConnector`] — a directory every party can see.
