@@ -1033,3 +1033,42 @@ fn the_unix_socket_serves_only_its_user_and_the_sdk_checks_who_serves_it() {
         "the squatter received request bytes: {seen}"
     );
 }
+
+#[test]
+fn without_an_address_the_sdk_finds_the_default_daemons_socket_or_falls_back() {
+    // The default data directory is $XDG_DATA_HOME/proxymesh.
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("proxymesh");
+    let mut d = DaemonProcess::start_in(&data, &[]);
+    let status = || {
+        Command::new(bin_path("proxymesh"))
+            .arg("status")
+            .env("XDG_DATA_HOME", home.path())
+            .env_remove("PROXYMESH_API")
+            .output()
+            .unwrap()
+    };
+    let out = status();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&d.peer_id) && stdout.contains("unix:"),
+        "found through its socket: {stdout}"
+    );
+    // A daemon that died leaves its socket file, which answers nothing:
+    // the SDK uses the TCP default instead of failing on the dead socket.
+    d.kill();
+    assert!(data.join("api.sock").exists());
+    let out = status();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("127.0.0.1:7878"), "{said}");
+    assert!(!said.contains("api.sock"), "{said}");
+}

@@ -288,8 +288,8 @@ impl DaemonConnector {
 
     /// A connector for the daemon named by `PROXYMESH_API`
     /// ([`api::API_ENV`]); else the Unix socket of a daemon with the
-    /// default data directory ([`api::default_socket`]) if there is one,
-    /// else [`api::DEFAULT_API_ADDR`].
+    /// default data directory ([`api::default_socket`]) if one accepts a
+    /// connection there (tried once, now), else [`api::DEFAULT_API_ADDR`].
     pub fn from_env() -> Result<Self> {
         match std::env::var(api::API_ENV) {
             Ok(v) if !v.trim().is_empty() => Self::new(&v).map_err(|e| match e {
@@ -297,8 +297,10 @@ impl DaemonConnector {
                 e => e,
             }),
             _ => {
+                // A socket file left by a daemon that died answers nothing:
+                // then the TCP default it is.
                 let socket = api::default_socket();
-                if socket.exists() {
+                if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
                     Self::new(&format!("unix:{}", socket.display()))
                 } else {
                     Self::new(api::DEFAULT_API_ADDR)
