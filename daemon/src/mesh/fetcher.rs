@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use libp2p::{Multiaddr, PeerId};
 use lru::LruCache;
+use proxymesh::api::Path;
 use proxymesh::{ObjectId, OwnerCap};
 use tokio::sync::mpsc;
 
@@ -57,6 +58,9 @@ mod tests;
 /// Most times one transfer continues on a new stream after its stream
 /// broke or stalled.
 const MAX_RESUMES: u32 = 3;
+/// How long a transfer whose relayed stream ended waits for a direct path
+/// to show before it resumes on whatever there is.
+const DIRECT_GRACE: Duration = Duration::from_secs(2);
 /// Transfers kept in [`Fetcher::recent`].
 const RECENT_TRANSFERS: usize = 32;
 
@@ -640,6 +644,7 @@ impl Fetcher {
             leader,
             record,
             resumes: 0,
+            resumed_at: 0,
             moves: 0,
             timeouts,
         };
@@ -711,8 +716,11 @@ struct Pump {
     tx: Option<mpsc::Sender<io::Result<Bytes>>>,
     leader: Option<Leader<CacheKey, Outcome>>,
     record: Arc<Transfer>,
-    /// Times the transfer continued after its stream broke or stalled.
+    /// Times in a row the transfer continued after its stream broke or
+    /// stalled without a byte arriving in between.
     resumes: u32,
+    /// Bytes received when it last resumed.
+    resumed_at: u64,
     /// Times it moved to a better path.
     moves: u32,
     timeouts: Timeouts,
@@ -792,8 +800,15 @@ impl Pump {
                     break self.commit().await;
                 }
                 Err(e) => {
+                    // Only breaks without progress in between count: a
+                    // transfer that keeps moving may resume as often as
+                    // its paths change.
+                    if self.body.received() > self.resumed_at {
+                        self.resumes = 0;
+                    }
                     if self.body.broke().is_some() && self.resumes < MAX_RESUMES {
                         self.resumes += 1;
+                        self.resumed_at = self.body.received();
                         let why = if self.body.broke() == Some(client::Break::Stalled) {
                             "the stream stalled"
                         } else {
@@ -882,6 +897,20 @@ impl Pump {
         let stalled = self.body.broke() == Some(client::Break::Stalled);
         tracing::info!(peer = %self.peer, name = %self.name, received = self.body.received(), of = self.body.len(), "{why}; continuing the transfer on a new stream");
         let opener = &self.inner.opener;
+        // A relayed stream that ended is most often its connection closing
+        // for a direct one the peer saw first: give ours a moment to show,
+        // rather than resume on the closing connection.
+        let current = *self
+            .record
+            .paths
+            .lock()
+            .expect("transfer lock")
+            .last()
+            .expect("a path");
+        if self.body.broke() == Some(client::Break::Lost) && current.path == Path::Relayed {
+            let _ =
+                tokio::time::timeout(DIRECT_GRACE, opener.better_path(self.peer, current)).await;
+        }
         let (stream, path) = if stalled {
             opener.reopen(self.peer, &self.addrs).await?
         } else {
