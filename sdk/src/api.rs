@@ -208,6 +208,21 @@ pub struct MeshStatus {
     /// paths that carried their bytes.
     #[serde(default)]
     pub recent_transfers: Vec<TransferStatus>,
+    /// Bytes this daemon served to and fetched from each peer since it
+    /// started (object bytes and their hashes, as they crossed the mesh).
+    #[serde(default)]
+    pub traffic: Vec<PeerTraffic>,
+}
+
+/// Bytes exchanged with one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerTraffic {
+    /// The peer ID.
+    pub peer_id: String,
+    /// Bytes sent to it (it fetched from us).
+    pub served_bytes: u64,
+    /// Bytes received from it.
+    pub fetched_bytes: u64,
 }
 
 /// One transfer of an object from another daemon.

@@ -2,8 +2,9 @@
 //! [`evict`] and [`put`] each take a stream and perform one request; after
 //! a `get` read to its end ([`Body::into_reusable`]) or an `exists`, the
 //! stream can carry the next request. [`get`] returns a [`Body`] that yields the range as it arrives,
-//! enforces an idle timeout and a rate floor and, for a whole object,
-//! checks size and BLAKE3 before handing out the last chunk.
+//! enforces an idle timeout and a rate floor, and checks every chunk group
+//! against the object's BLAKE3 hash before handing out a byte of it
+//! ([`verified`](super::verified)).
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -16,7 +17,9 @@ use proxymesh::OwnerCap;
 use super::protocol::{
     read_into, read_response, write_request, FrameError, RemoteName, Request, Response, CHUNK,
 };
+use super::verified::{RangeDecoder, Step};
 use super::MeshError;
+use crate::storage::outboard::BLOCK_BYTES;
 use crate::storage::ChunkStream;
 
 /// Client limits for one request.
@@ -63,10 +66,12 @@ pub struct Body<S> {
     hash: blake3::Hash,
     offset: u64,
     len: u64,
+    /// Verified bytes of the range handed out.
     received: u64,
-    /// Hashing the bytes, when the range is the whole object.
-    hasher: Option<blake3::Hasher>,
-    verified: bool,
+    /// Checks the encoded range as it arrives.
+    decoder: RangeDecoder,
+    /// Encoded bytes read from the stream (data and hashes).
+    wire: u64,
     idle: Duration,
     floor: RateFloor,
     /// Time spent waiting for the peer in the current rate window, and the
@@ -120,16 +125,22 @@ impl<S: AsyncRead + Unpin> Body<S> {
         self.len == 0
     }
 
-    /// Bytes received so far.
+    /// Bytes of the range received and verified so far.
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// Bytes read from the network so far (the range's data and the hashes
+    /// that prove it), on every stream this body used.
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire
     }
 
     /// The stream, once the whole range arrived (and, for a whole object,
     /// was verified): the server waits for another request on it.
     pub fn take_reusable(&mut self) -> Option<S> {
         let done = self.received == self.len
-            && self.verified
+            && self.decoder.is_done()
             && self.buf.is_empty()
             && self.broke.is_none();
         if done {
@@ -141,9 +152,9 @@ impl<S: AsyncRead + Unpin> Body<S> {
 
     /// Continue on `stream` (a new stream to the same peer, after this
     /// one broke): ask for the rest of the range from the first byte not
-    /// received yet. Bytes already received, and the running hash, are
-    /// kept; the answer must describe the same object (size and BLAKE3),
-    /// else the transfer is `Corrupt`.
+    /// received yet. Bytes already received (all verified) are kept; the
+    /// answer must describe the same object (size and BLAKE3), else the
+    /// transfer is `Corrupt`.
     pub async fn resume(&mut self, mut stream: S, timeouts: Timeouts) -> Result<(), MeshError>
     where
         S: AsyncWrite,
@@ -168,6 +179,7 @@ impl<S: AsyncRead + Unpin> Body<S> {
             {
                 self.stream = Some(stream);
                 self.buf.clear();
+                self.decoder = RangeDecoder::new(self.hash, size, at, rest);
                 self.window = (Duration::ZERO, 0);
                 self.broke = None;
                 Ok(())
@@ -182,70 +194,92 @@ impl<S: AsyncRead + Unpin> Body<S> {
         }
     }
 
-    /// The next chunk (up to [`CHUNK`] bytes), `Ok(None)` once the whole
-    /// range arrived. A whole object is checked against the announced hash
-    /// before its last chunk is returned, so no caller ever holds all the
-    /// bytes of a corrupt object without an error. Errors: `TimedOut` after
-    /// `idle` without a byte, `Corrupt` on truncation or hash mismatch,
-    /// `Unreachable` if the stream breaks.
+    /// The next verified chunk (up to about [`CHUNK`] bytes), `Ok(None)`
+    /// once the whole range arrived. Every byte handed out was checked
+    /// against the object's hash first; a wrong byte ends the body with
+    /// `Corrupt` naming its chunk group, before anything of that group is
+    /// handed out. Errors: `TimedOut` after `idle` without a byte,
+    /// `Corrupt` on wrong bytes or truncation, `Unreachable` if the stream
+    /// breaks.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, MeshError> {
-        if self.received == self.len {
-            if let Some(e) = self.verify() {
+        let mut out = BytesMut::new();
+        loop {
+            // Hand out what the buffer proves.
+            let need = loop {
+                match self.decoder.next(&mut self.buf) {
+                    Ok(Step::Data(_, data)) => {
+                        self.received += data.len() as u64;
+                        if out.is_empty() {
+                            out = BytesMut::from(data);
+                        } else {
+                            out.extend_from_slice(&data);
+                        }
+                        if out.len() >= CHUNK {
+                            return Ok(Some(out.freeze()));
+                        }
+                    }
+                    Ok(Step::Parent) => {}
+                    Ok(Step::NeedMore(n)) => break n,
+                    Ok(Step::Done) => {
+                        return Ok((!out.is_empty()).then(|| out.freeze()));
+                    }
+                    Err(bad) => {
+                        return Err(self.corrupt(format!(
+                            "{bad} (chunk group of {} bytes at {}); nothing from it on was used",
+                            BLOCK_BYTES, bad.offset
+                        )))
+                    }
+                }
+            };
+            if !out.is_empty() {
+                return Ok(Some(out.freeze()));
+            }
+            // Read what this answer still holds, a chunk's worth at most
+            // beyond the next item.
+            let want = self.decoder.ahead(CHUNK.max(need)) - self.buf.len();
+            let waiting = Instant::now();
+            let stream =
+                (self.stream.as_mut()).expect("the stream is handed back only once complete");
+            let read =
+                tokio::time::timeout(self.idle, read_into(stream, &mut self.buf, want)).await;
+            let waited = waiting.elapsed();
+            let n = match read {
+                Err(_) => {
+                    self.broke = Some(Break::Stalled);
+                    return Err(MeshError::TimedOut {
+                        peer: self.peer,
+                        id: Some(self.name.clone()),
+                        phase: "transfer (no bytes arrived)",
+                        after: self.idle,
+                    });
+                }
+                Ok(Err(e)) => {
+                    self.broke = Some(Break::Lost);
+                    return Err(MeshError::Unreachable {
+                        peer: self.peer,
+                        reason: format!(
+                            "the transfer of object {} broke after {} of {} bytes: {}",
+                            self.name,
+                            self.received,
+                            self.len,
+                            super::error::stream_failure(&e)
+                        ),
+                    });
+                }
+                Ok(Ok(0)) => {
+                    self.broke = Some(Break::Lost);
+                    return Err(self.corrupt(format!(
+                        "truncated: the stream ended after {} of {} bytes",
+                        self.received, self.len
+                    )));
+                }
+                Ok(Ok(n)) => n,
+            };
+            self.wire += n as u64;
+            if let Some(e) = self.below_floor(n as u64, waited) {
                 return Err(e);
             }
-            return Ok(None);
         }
-        let want = CHUNK.min((self.len - self.received) as usize);
-        let waiting = Instant::now();
-        let stream = (self.stream.as_mut()).expect("the stream is handed back only once complete");
-        let read = tokio::time::timeout(self.idle, read_into(stream, &mut self.buf, want)).await;
-        let waited = waiting.elapsed();
-        let n = match read {
-            Err(_) => {
-                self.broke = Some(Break::Stalled);
-                return Err(MeshError::TimedOut {
-                    peer: self.peer,
-                    id: Some(self.name.clone()),
-                    phase: "transfer (no bytes arrived)",
-                    after: self.idle,
-                });
-            }
-            Ok(Err(e)) => {
-                self.broke = Some(Break::Lost);
-                return Err(MeshError::Unreachable {
-                    peer: self.peer,
-                    reason: format!(
-                        "the transfer of object {} broke after {} of {} bytes: {}",
-                        self.name,
-                        self.received,
-                        self.len,
-                        super::error::stream_failure(&e)
-                    ),
-                });
-            }
-            Ok(Ok(0)) => {
-                self.broke = Some(Break::Lost);
-                return Err(self.corrupt(format!(
-                    "truncated: the stream ended after {} of {} bytes",
-                    self.received, self.len
-                )));
-            }
-            Ok(Ok(n)) => n,
-        };
-        let chunk = self.buf.split().freeze();
-        self.received += n as u64;
-        if let Some(e) = self.below_floor(n as u64, waited) {
-            return Err(e);
-        }
-        if let Some(h) = &mut self.hasher {
-            h.update(&chunk);
-        }
-        if self.received == self.len {
-            if let Some(e) = self.verify() {
-                return Err(e);
-            }
-        }
-        Ok(Some(chunk))
     }
 
     /// Count `n` new bytes into the rate window: the error if a whole
@@ -267,24 +301,6 @@ impl<S: AsyncRead + Unpin> Body<S> {
             });
         }
         self.window = (Duration::ZERO, 0);
-        None
-    }
-
-    /// Check the hash once the whole object arrived: the error, if any.
-    fn verify(&mut self) -> Option<MeshError> {
-        if self.verified {
-            return None;
-        }
-        if let Some(h) = &self.hasher {
-            let got = h.finalize();
-            if got != self.hash {
-                return Some(self.corrupt(format!(
-                    "BLAKE3 of the bytes received is {got}, the peer announced {}",
-                    self.hash
-                )));
-            }
-        }
-        self.verified = true;
         None
     }
 
@@ -416,8 +432,8 @@ where
                 offset: o,
                 len: l,
                 received: 0,
-                hasher: (o == 0 && l == size).then(blake3::Hasher::new),
-                verified: false,
+                decoder: RangeDecoder::new(blake3::Hash::from_bytes(hash), size, o, l),
+                wire: 0,
                 idle: timeouts.idle,
                 floor: timeouts.floor,
                 window: (Duration::ZERO, 0),

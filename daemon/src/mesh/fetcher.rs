@@ -49,15 +49,21 @@ use super::client::{self, Body, Timeouts};
 use super::pool::StreamPool;
 use super::protocol::RemoteName;
 use super::singleflight::{Join, Leader, SingleFlight};
+use super::traffic::Traffic;
 use super::{MeshError, PathInfo, StreamOpener};
 use crate::storage::{ChunkStream, ObjectName, ObjectReader, ObjectWriter, Storage, StorageError};
 
 #[cfg(test)]
 mod tests;
 
-/// Most times one transfer continues on a new stream after its stream
-/// broke or stalled.
-const MAX_RESUMES: u32 = 3;
+/// Most times one transfer moves to a better path.
+const MAX_MOVES: u32 = 3;
+/// First pause before trying again to resume a transfer that could not be
+/// resumed (doubling up to [`RESUME_BACKOFF_MAX`]); the attempts go on
+/// until bytes have not flowed for the idle timeout.
+const RESUME_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between attempts to resume.
+const RESUME_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long a transfer whose relayed stream ended waits for a direct path
 /// to show before it resumes on whatever there is.
 const DIRECT_GRACE: Duration = Duration::from_secs(2);
@@ -167,6 +173,8 @@ struct Inner {
     recent: Mutex<std::collections::VecDeque<Arc<Transfer>>>,
     /// Streams whose last answer was read to its end, for the next request.
     pool: StreamPool<libp2p::Stream>,
+    /// Bytes received per peer.
+    traffic: Arc<Traffic>,
 }
 
 /// One transfer, as status shows it.
@@ -248,8 +256,24 @@ impl Fetcher {
                 transfers: AtomicU64::new(0),
                 recent: Mutex::new(std::collections::VecDeque::new()),
                 pool: StreamPool::default(),
+                traffic: Arc::default(),
             }),
         }
+    }
+
+    /// Count received bytes into `traffic` (shared with the server).
+    pub fn with_traffic(self, traffic: Arc<Traffic>) -> Self {
+        let mut inner = Arc::try_unwrap(self.inner)
+            .unwrap_or_else(|_| panic!("with_traffic is called before the fetcher is shared"));
+        inner.traffic = traffic;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Bytes exchanged per peer.
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.inner.traffic
     }
 
     /// Object `name` of `peer` (reached through `addrs` if not connected):
@@ -643,9 +667,9 @@ impl Fetcher {
             tx: Some(tx),
             leader,
             record,
-            resumes: 0,
-            resumed_at: 0,
+            stuck: None,
             moves: 0,
+            wire: 0,
             timeouts,
         };
         if inline {
@@ -716,13 +740,13 @@ struct Pump {
     tx: Option<mpsc::Sender<io::Result<Bytes>>>,
     leader: Option<Leader<CacheKey, Outcome>>,
     record: Arc<Transfer>,
-    /// Times in a row the transfer continued after its stream broke or
-    /// stalled without a byte arriving in between.
-    resumes: u32,
-    /// Bytes received when it last resumed.
-    resumed_at: u64,
+    /// Since when, and at how many bytes received, the transfer has been
+    /// breaking without progress, and how many attempts it made since.
+    stuck: Option<(Instant, u64, u32)>,
     /// Times it moved to a better path.
     moves: u32,
+    /// Encoded bytes counted into the traffic so far.
+    wire: u64,
     timeouts: Timeouts,
 }
 
@@ -738,7 +762,7 @@ impl Pump {
                 .last()
                 .expect("a path");
             let opener = Arc::clone(&self.inner.opener);
-            let (peer, may_move) = (self.peer, self.moves < MAX_RESUMES);
+            let (peer, may_move) = (self.peer, self.moves < MAX_MOVES);
             let better = async move {
                 if may_move {
                     opener.better_path(peer, current).await
@@ -747,7 +771,12 @@ impl Pump {
                 }
             };
             let next = tokio::select! {
-                next = self.body.next_chunk() => next,
+                next = self.body.next_chunk() => {
+                    let wire = self.body.wire_bytes();
+                    self.inner.traffic.fetched(self.peer, wire - self.wire);
+                    self.wire = wire;
+                    next
+                }
                 () = better => {
                     self.moves += 1;
                     // Move to the direct path from the first byte not yet
@@ -800,27 +829,53 @@ impl Pump {
                     break self.commit().await;
                 }
                 Err(e) => {
-                    // Only breaks without progress in between count: a
-                    // transfer that keeps moving may resume as often as
-                    // its paths change.
-                    if self.body.received() > self.resumed_at {
-                        self.resumes = 0;
+                    // A broken or stalled stream is resumed from the first
+                    // byte not yet verified, again and again while the
+                    // transfer makes progress; without progress, attempts
+                    // (further apart each time: the peer may be
+                    // restarting) go on until bytes have not flowed for the
+                    // idle timeout.
+                    let received = self.body.received();
+                    if !matches!(self.stuck, Some((_, at, _)) if at == received) {
+                        self.stuck = Some((Instant::now(), received, 0));
                     }
-                    if self.body.broke().is_some() && self.resumes < MAX_RESUMES {
-                        self.resumes += 1;
-                        self.resumed_at = self.body.received();
+                    let window = self.timeouts.idle;
+                    let mut resumed = false;
+                    while self.body.broke().is_some() {
+                        let (since, at, n) = self.stuck.expect("set above");
+                        if since.elapsed() >= window {
+                            break;
+                        }
+                        self.stuck = Some((since, at, n + 1));
+                        if n > 0 {
+                            let pause = RESUME_BACKOFF
+                                .saturating_mul(1 << (n - 1).min(8))
+                                .min(RESUME_BACKOFF_MAX)
+                                .min(window.saturating_sub(since.elapsed()));
+                            tokio::time::sleep(pause).await;
+                        }
                         let why = if self.body.broke() == Some(client::Break::Stalled) {
                             "the stream stalled"
                         } else {
                             "the stream broke"
                         };
                         match self.resume(why).await {
-                            Ok(()) => continue,
-                            // Report the break itself.
+                            Ok(()) => {
+                                resumed = true;
+                                break;
+                            }
+                            // The peer answered, and not with the object.
+                            Err(again) if !is_stale(&again) => {
+                                tracing::warn!(peer = %self.peer, name = %self.name, error = %again, "cannot resume the transfer");
+                                break;
+                            }
                             Err(again) => {
-                                tracing::warn!(peer = %self.peer, name = %self.name, error = %again, "cannot resume the transfer")
+                                tracing::info!(peer = %self.peer, name = %self.name, error = %again, attempt = n + 1, "cannot resume the transfer yet")
                             }
                         }
+                    }
+                    if resumed {
+                        continue;
                     }
                     self.writer = None;
                     tracing::warn!(paths = %self.paths(), error = %e, "transfer failed");

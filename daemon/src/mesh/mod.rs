@@ -39,6 +39,8 @@ pub mod pool;
 pub mod protocol;
 pub mod serve;
 pub mod singleflight;
+pub mod traffic;
+pub mod verified;
 
 pub mod error;
 pub use error::MeshError;
@@ -312,7 +314,9 @@ impl Mesh {
             dropper.clone(),
         ));
         let storage = objects.storage().clone();
-        let server = serve::Server::new(objects, gate.clone(), dropper, config.serve);
+        let traffic = Arc::new(traffic::Traffic::default());
+        let mut server = serve::Server::new(objects, gate.clone(), dropper, config.serve);
+        server.traffic = traffic.clone();
         tokio::spawn(serve::serve(incoming, Arc::new(server)));
         tokio::spawn(event_loop.run());
         let opener = opener::SwarmOpener {
@@ -322,7 +326,8 @@ impl Mesh {
             me,
             connect_timeout: config.connect_timeout,
         };
-        let fetcher = fetcher::Fetcher::new(storage, Arc::new(opener), config.fetch.clone());
+        let fetcher = fetcher::Fetcher::new(storage, Arc::new(opener), config.fetch.clone())
+            .with_traffic(traffic);
         Ok(Self {
             peer_id,
             credential: config.credential,
@@ -349,6 +354,7 @@ impl Mesh {
         let mut status = self.network.snapshot().status();
         status.transfers = self.fetcher.transfers();
         status.recent_transfers = self.fetcher.recent();
+        status.traffic = self.fetcher.traffic().snapshot();
         status.open_mesh = self.gate.policy().is_open();
         status.mesh_id = self.credential.as_ref().map(|c| c.mesh().to_string());
         status.credential_expires = self.credential.as_ref().map(|c| {

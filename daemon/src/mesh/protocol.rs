@@ -1,4 +1,4 @@
-//! The fetch protocol `/proxymesh/fetch/1`: requests and answers on a stream.
+//! The fetch protocol `/proxymesh/fetch/2`: requests and answers on a stream.
 //!
 //! Every message is a frame: a `u32` big-endian length, then that many bytes
 //! of bincode 2 (serde, `bincode::config::standard()`). Frames are at most
@@ -7,11 +7,18 @@
 //!
 //! | request                | answer                                        |
 //! |------------------------|-----------------------------------------------|
-//! | `Get { name, offset, len }` | `Object { size, hash, offset, len }` + `len` raw bytes, or `NotFound` / `Refused` |
+//! | `Get { name, offset, len }` | `Object { size, hash, offset, len }` + the range's verified encoding, or `NotFound` / `Refused` |
 //! | `Exists { name }`      | `Exists(bool)`                                |
 //! | `Evict { name }`       | `Evicted(bool)`, or `Refused` for a native object (evicting one needs its owner capability) |
 //! | `Put { name, size }` + `size` raw bytes | `Stored { size, hash }` or `Refused` |
 //! | `EvictOwned { name, owner }` | `Evicted(bool)`, or `Refused` if `owner` is not the object's owner capability |
+//!
+//! A get's bytes are BLAKE3 verified streaming (bao, in `bao-tree`'s
+//! format, 16 KiB chunk groups): the chunk groups covering the range, each
+//! preceded in pre-order by the parent hash pairs that link it to the
+//! object's hash, so the requester checks every group as it arrives (see
+//! [`verified`](super::verified)); version 1 sent raw bytes, checked only
+//! at the end.
 //!
 //! The server answers only members of its mesh (others get `Refused` and are
 //! dropped). A ticket lets a member read (`Get`, `Exists`); evicting a
@@ -43,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use crate::storage::ObjectName;
 
 /// The fetch protocol.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/proxymesh/fetch/1");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/proxymesh/fetch/2");
 
 /// Largest accepted frame (request or answer header), in bytes.
 pub const MAX_HEADER: usize = 64 * 1024;
@@ -118,8 +125,8 @@ pub enum Request {
 /// An answer, the first frame the server writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// The object's size and BLAKE3 hash; exactly `len` bytes from `offset`
-    /// follow the frame.
+    /// The object's size and BLAKE3 hash; the verified encoding of the
+    /// `len` bytes from `offset` follows the frame.
     Object {
         /// Size of the whole object.
         size: u64,

@@ -14,18 +14,19 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use proxymesh::membership::Gate;
 use proxymesh::OwnerCap;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt};
 
 use super::members::Dropper;
 use super::protocol::{
     read_into, read_request, write_response, FrameError, RemoteName, Request, Response, CHUNK,
 };
+use super::traffic::Traffic;
 use crate::service::{Caller, Error as ServiceError, LocalObjects};
+use crate::storage::outboard::{encode_range, Data};
 use crate::storage::ObjectReader;
 
 /// Server limits.
@@ -60,6 +61,8 @@ pub struct Server {
     pub dropper: Dropper,
     /// Limits.
     pub config: ServeConfig,
+    /// Bytes served per peer (shared with the fetcher, for `status`).
+    pub traffic: Arc<Traffic>,
 }
 
 impl Server {
@@ -75,6 +78,7 @@ impl Server {
             gate,
             dropper,
             config,
+            traffic: Arc::default(),
         }
     }
 }
@@ -214,7 +218,7 @@ where
                     return flushed(stream, config).await;
                 }
             };
-            serve_get(peer, stream, reader, &name, offset, len, config).await?;
+            serve_get(peer, stream, reader, &name, offset, len, server).await?;
             flushed(stream, config).await
         }
         Request::Exists { name } => {
@@ -273,11 +277,12 @@ async fn serve_get<S>(
     name: &RemoteName,
     offset: u64,
     len: Option<u64>,
-    config: ServeConfig,
+    server: &Server,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let config = server.config;
     let meta = reader.meta().clone();
     let size = meta.size;
     let fits = match len {
@@ -300,34 +305,98 @@ where
     };
     write_frame(stream, &header, config).await?;
     let started = std::time::Instant::now();
-    match reader {
-        ObjectReader::Memory { data, .. } => {
-            let range = data.slice(offset as usize..(offset + len) as usize);
-            for piece in range.chunks(CHUNK) {
-                send(stream, piece, config).await?;
-            }
+    let sent = match reader {
+        // Small: encoded here, no task hand-off.
+        ObjectReader::Memory { ref data, .. } if len <= ENCODE_INLINE => {
+            let mut out = Vec::with_capacity(len as usize + 1024);
+            let outboard = reader.outboard()?;
+            encode_range(Data::Memory(data), &outboard, offset, len, &mut out)?;
+            send(stream, &out, config).await?;
+            out.len() as u64
         }
-        ObjectReader::File { mut file, .. } => {
-            file.seek(io::SeekFrom::Start(offset)).await?;
-            let mut buf = vec![0u8; CHUNK.min(len as usize).max(1)];
-            let mut left = len;
-            while left > 0 {
-                let want = buf.len().min(left as usize);
-                let n = file.read(&mut buf[..want]).await?;
-                if n == 0 {
-                    // Drop the stream unfinished: the requester sees a short body.
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("the data file of {name} is {left} bytes short"),
-                    ));
+        reader => {
+            // Encoded by a blocking task (file reads, hashing of nothing:
+            // the requester checks), a few chunks ahead of the network.
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(ENCODE_AHEAD);
+            let what = name.clone();
+            let encoder = tokio::task::spawn_blocking(move || -> io::Result<()> {
+                let outboard = reader.outboard()?;
+                let mut out = ChunkSender::new(tx);
+                match reader {
+                    ObjectReader::Memory { data, .. } => {
+                        encode_range(Data::Memory(&data), &outboard, offset, len, &mut out)?
+                    }
+                    ObjectReader::File { file, .. } => {
+                        let file = tokio::runtime::Handle::current().block_on(file.into_std());
+                        encode_range(Data::File(&file), &outboard, offset, len, &mut out).map_err(
+                            |e| io::Error::new(e.kind(), format!("reading {what} to send it: {e}")),
+                        )?
+                    }
                 }
-                send(stream, &buf[..n], config).await?;
-                left -= n as u64;
+                io::Write::flush(&mut out)
+            });
+            let mut sent = 0u64;
+            while let Some(piece) = rx.recv().await {
+                send(stream, &piece, config).await?;
+                sent += piece.len() as u64;
+                server.traffic.served(peer, piece.len() as u64);
             }
+            // The encoder's error, if it stopped early (the requester sees a
+            // short body and resumes or fails).
+            encoder.await.map_err(io::Error::other)??;
+            tracing::debug!(%peer, %name, offset, len, sent, elapsed = ?started.elapsed(), "served");
+            return Ok(());
+        }
+    };
+    server.traffic.served(peer, sent);
+    tracing::debug!(%peer, %name, offset, len, sent, elapsed = ?started.elapsed(), "served");
+    Ok(())
+}
+
+/// Ranges up to this size of memory objects are encoded by the serving task.
+const ENCODE_INLINE: u64 = 256 * 1024;
+/// Encoded chunks the encoder may run ahead of the network.
+const ENCODE_AHEAD: usize = 4;
+
+/// A blocking `Write` that hands [`CHUNK`]-sized pieces to an async task.
+struct ChunkSender {
+    buf: BytesMut,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+}
+
+impl ChunkSender {
+    fn new(tx: tokio::sync::mpsc::Sender<Bytes>) -> Self {
+        Self {
+            buf: BytesMut::with_capacity(CHUNK),
+            tx,
         }
     }
-    tracing::debug!(%peer, %name, offset, len, elapsed = ?started.elapsed(), "served");
-    Ok(())
+
+    fn push(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = self.buf.split().freeze();
+        self.buf.reserve(CHUNK);
+        self.tx
+            .blocking_send(piece)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the requester went away"))
+    }
+}
+
+impl io::Write for ChunkSender {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = bytes.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() == CHUNK {
+            self.push()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.push()
+    }
 }
 
 async fn serve_put<S>(

@@ -20,6 +20,8 @@ pub(crate) struct Entry {
     pub(crate) meta: ObjectMeta,
     /// In-memory copy and the budget it holds (`meta.location == Memory`).
     pub(crate) memory: Option<(Bytes, Reservation)>,
+    /// The outboard of a memory object (a disk object's is in its `.obao`).
+    pub(crate) outboard: Option<Bytes>,
     /// Its files (always for disk objects; in persist mode also for memory ones).
     pub(crate) file: Option<FileId>,
 }
@@ -29,6 +31,7 @@ pub(crate) struct Entry {
 pub(crate) struct Snapshot {
     pub(crate) meta: ObjectMeta,
     pub(crate) data: Option<Bytes>,
+    pub(crate) outboard: Option<Bytes>,
     pub(crate) file: Option<FileId>,
 }
 
@@ -79,6 +82,7 @@ impl Index {
         self.map.get(name).map(|e| Snapshot {
             meta: e.meta.clone(),
             data: e.memory.as_ref().map(|(b, _)| b.clone()),
+            outboard: e.outboard.clone(),
             file: e.file,
         })
     }

@@ -6,6 +6,7 @@
 //! <dir>/tmp/<id>.meta.part    sidecar being written (persist mode)
 //! <dir>/objects/<id>.data     committed object data
 //! <dir>/objects/<id>.meta     its sidecar (persist mode only): JSON Sidecar
+//! <dir>/objects/<id>.obao     its BLAKE3 outboard (disk objects), see outboard.rs
 //! ```
 //!
 //! `<id>` is a random 128-bit [`FileId`] chosen per object *version*, so a
@@ -25,6 +26,7 @@ use super::{ObjectMeta, ObjectName};
 
 const DATA_EXT: &str = "data";
 const META_EXT: &str = "meta";
+const OUTBOARD_EXT: &str = "obao";
 const PART_SUFFIX: &str = ".part";
 /// Current sidecar format version.
 const SIDECAR_VERSION: u32 = 1;
@@ -76,6 +78,7 @@ pub(crate) struct Layout {
 pub(crate) enum Kind {
     Data,
     Meta,
+    Outboard,
 }
 
 impl Layout {
@@ -133,8 +136,10 @@ impl Layout {
         for p in [
             self.path(id, Kind::Meta),
             self.path(id, Kind::Data),
+            self.path(id, Kind::Outboard),
             self.tmp_path(id, Kind::Meta),
             self.tmp_path(id, Kind::Data),
+            self.tmp_path(id, Kind::Outboard),
         ] {
             if let Err(e) = fs::remove_file(&p) {
                 if e.kind() != io::ErrorKind::NotFound && first_err.is_none() {
@@ -153,17 +158,39 @@ impl Layout {
             .open(self.tmp_path(id, Kind::Data))
     }
 
+    /// Write the outboard of version `id` (temp + rename; fsynced when
+    /// `durable`). Written before the data is published, so a committed
+    /// disk object always has one.
+    pub(crate) fn write_outboard(&self, id: FileId, pairs: &[u8], durable: bool) -> io::Result<()> {
+        let tmp = self.tmp_path(id, Kind::Outboard);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(pairs)?;
+        if durable {
+            f.sync_all()?;
+        }
+        drop(f);
+        fs::rename(&tmp, self.path(id, Kind::Outboard))
+    }
+
     /// Make a finished temporary data file the committed version `id`:
-    /// optionally fsync it, rename it into `objects/`, and in persist mode
-    /// (`sidecar` given) write the sidecar via temp + fsync + rename and
-    /// fsync the directory.
+    /// write its outboard (when given), optionally fsync the data, rename
+    /// it into `objects/`, and in persist mode (`sidecar` given) write the
+    /// sidecar via temp + fsync + rename and fsync the directory.
     pub(crate) fn publish(
         &self,
         id: FileId,
         file: File,
+        outboard: Option<&[u8]>,
         sidecar: Option<&Sidecar>,
     ) -> io::Result<()> {
         let durable = sidecar.is_some();
+        if let Some(pairs) = outboard {
+            self.write_outboard(id, pairs, durable)?;
+        }
         if durable {
             file.sync_all()?;
         }
@@ -190,7 +217,7 @@ impl Layout {
     ) -> io::Result<()> {
         let mut f = self.create_tmp_data(id)?;
         f.write_all(data)?;
-        self.publish(id, f, sidecar)
+        self.publish(id, f, None, sidecar)
     }
 }
 
@@ -199,6 +226,7 @@ impl Kind {
         match self {
             Kind::Data => DATA_EXT,
             Kind::Meta => META_EXT,
+            Kind::Outboard => OUTBOARD_EXT,
         }
     }
 
@@ -208,6 +236,7 @@ impl Kind {
         let kind = match ext {
             DATA_EXT => Kind::Data,
             META_EXT => Kind::Meta,
+            OUTBOARD_EXT => Kind::Outboard,
             _ => return None,
         };
         Some((FileId::parse(stem)?, kind))

@@ -24,6 +24,7 @@ mod error;
 mod index;
 mod layout;
 mod name;
+pub mod outboard;
 mod persist;
 mod reader;
 #[cfg(test)]
@@ -169,6 +170,8 @@ pub enum ObjectReader {
         data: Bytes,
         /// Metadata.
         meta: ObjectMeta,
+        /// The BLAKE3 outboard's hash pairs ([`outboard`]).
+        outboard: Bytes,
     },
     /// An open file. Its bytes are checked against the recorded BLAKE3 as
     /// they are read ([`ObjectReader::into_stream`], [`ObjectReader::read_all`]):
@@ -180,6 +183,8 @@ pub enum ObjectReader {
         meta: ObjectMeta,
         /// Drops this version from the store if its bytes turn out corrupt.
         quarantine: Box<reader::Quarantine>,
+        /// The `.obao` file beside it.
+        outboard: PathBuf,
     },
 }
 

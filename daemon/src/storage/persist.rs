@@ -17,6 +17,7 @@ use super::budget::Reservation;
 use super::error::{classify, join_error};
 use super::index::Entry;
 use super::layout::{FileId, Kind, Layout, Sidecar};
+use super::outboard::OutboardBuilder;
 use super::{Inner, Location, ObjectMeta, ObjectName, StorageError};
 
 /// Read buffer for verification.
@@ -78,7 +79,9 @@ pub(crate) async fn load(inner: &Inner) -> Result<(), StorageError> {
                 continue;
             }
         };
+        let (data, pairs) = data;
         let memory = data.zip(reservation);
+        let outboard = memory.as_ref().map(|_| Bytes::from(pairs));
         let entry = Entry {
             meta: ObjectMeta {
                 size: c.size,
@@ -90,6 +93,7 @@ pub(crate) async fn load(inner: &Inner) -> Result<(), StorageError> {
                 },
             },
             memory,
+            outboard,
             file: Some(c.id),
         };
         match loaded.get(&c.name) {
@@ -131,6 +135,7 @@ pub(crate) async fn load(inner: &Inner) -> Result<(), StorageError> {
 fn scan(layout: &Layout) -> io::Result<Vec<Candidate>> {
     let mut data = HashSet::new();
     let mut metas = HashMap::new();
+    let mut outboards = HashMap::new();
     for entry in fs::read_dir(&layout.objects)? {
         let entry = entry?;
         let path = entry.path();
@@ -145,10 +150,20 @@ fn scan(layout: &Layout) -> io::Result<Vec<Candidate>> {
             Some((id, Kind::Meta)) => {
                 metas.insert(id, path);
             }
+            // Rebuilt while the data is verified.
+            Some((id, Kind::Outboard)) => {
+                outboards.insert(id, path);
+            }
             None => {
                 tracing::warn!(path = %path.display(), "deleting unknown file in storage dir");
                 remove(&path);
             }
+        }
+    }
+    for (id, path) in outboards {
+        if !data.contains(&id) {
+            tracing::warn!(file = %id, "deleting an outboard without its data file");
+            remove(&path);
         }
     }
     let mut out = Vec::with_capacity(metas.len());
@@ -184,15 +199,17 @@ fn scan(layout: &Layout) -> io::Result<Vec<Candidate>> {
     Ok(out)
 }
 
-/// Check the data file's size and hash; with `keep`, also return its bytes.
-fn verify(layout: &Layout, c: &Candidate, keep: bool) -> Result<Option<Bytes>, String> {
+/// Check the data file's size and hash, rebuilding its outboard on the way
+/// (written to its `.obao` unless the bytes are kept); with `keep`, also
+/// return its bytes.
+fn verify(layout: &Layout, c: &Candidate, keep: bool) -> Result<(Option<Bytes>, Vec<u8>), String> {
     let mut file =
         File::open(layout.path(c.id, Kind::Data)).map_err(|e| format!("cannot open: {e}"))?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     if len != c.size {
         return Err(format!("size is {len} bytes, metadata says {}", c.size));
     }
-    let mut hasher = blake3::Hasher::new();
+    let mut hasher = OutboardBuilder::new();
     let kept = if keep {
         let mut buf = vec![0u8; len as usize];
         file.read_exact(&mut buf)
@@ -217,14 +234,19 @@ fn verify(layout: &Layout, c: &Candidate, keep: bool) -> Result<Option<Bytes>, S
         }
         None
     };
-    let got = hasher.finalize();
+    let (got, pairs) = hasher.finish();
     if got != c.hash {
         return Err(format!(
             "BLAKE3 mismatch: file hashes to {got}, metadata says {}",
             c.hash
         ));
     }
-    Ok(kept)
+    if kept.is_none() {
+        layout
+            .write_outboard(c.id, &pairs, true)
+            .map_err(|e| format!("cannot write its outboard: {e}"))?;
+    }
+    Ok((kept, pairs))
 }
 
 fn remove(path: &std::path::Path) {

@@ -19,6 +19,7 @@ use tokio_util::io::ReaderStream;
 
 use super::error::classify;
 use super::layout::{FileId, Kind};
+use super::outboard::Outboard;
 use super::{ChunkStream, Inner, ObjectMeta, ObjectName, ObjectReader, StorageError};
 
 /// How many times to chase a version that was replaced between lookup and open.
@@ -39,6 +40,7 @@ impl Inner {
                 return Ok(Some(ObjectReader::Memory {
                     data,
                     meta: snap.meta,
+                    outboard: snap.outboard.unwrap_or_default(),
                 }));
             }
             let id = snap.file.expect("a disk entry has a file");
@@ -52,6 +54,7 @@ impl Inner {
                             name: name.clone(),
                             file: id,
                         }),
+                        outboard: self.layout.path(id, Kind::Outboard),
                     }))
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -101,6 +104,25 @@ impl Quarantine {
 }
 
 impl ObjectReader {
+    /// The object's BLAKE3 outboard, to serve verified ranges from. Opens
+    /// a disk object's `.obao` file (blocking).
+    pub fn outboard(&self) -> io::Result<Outboard> {
+        match self {
+            ObjectReader::Memory { meta, outboard, .. } => {
+                Ok(Outboard::memory(meta.hash, meta.size, outboard.clone()))
+            }
+            ObjectReader::File { meta, outboard, .. } => {
+                let file = std::fs::File::open(outboard).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("the outboard of a stored object cannot be opened: {e}"),
+                    )
+                })?;
+                Outboard::file(meta.hash, meta.size, file)
+            }
+        }
+    }
+
     /// Metadata.
     pub fn meta(&self) -> &ObjectMeta {
         match self {
@@ -126,6 +148,7 @@ impl ObjectReader {
                 file,
                 meta,
                 quarantine,
+                ..
             } => {
                 let size = meta.size;
                 let inner = ReaderStream::with_capacity(file.take(size), chunk_size);
@@ -184,6 +207,7 @@ impl ObjectReader {
                 file,
                 meta,
                 quarantine,
+                ..
             } => {
                 let size = usize::try_from(meta.size).map_err(io::Error::other)?;
                 let mut buf = Vec::with_capacity(size);

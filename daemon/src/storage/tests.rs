@@ -704,9 +704,13 @@ async fn persist_objects_survive_reopen() {
             Location::Memory,
             "memory objects keep their in-memory copy"
         );
-        assert_eq!(objects(dir.path()).len(), 4, "data + sidecar for both");
+        assert_eq!(
+            objects(dir.path()).len(),
+            5,
+            "data + sidecar for both, and the disk object's outboard"
+        );
         s.shutdown().await.unwrap();
-        assert_eq!(objects(dir.path()).len(), 4, "persist shutdown keeps files");
+        assert_eq!(objects(dir.path()).len(), 5, "persist shutdown keeps files");
         (ma, mb)
     };
     let s = Storage::open(persist_cfg(dir.path())).await.unwrap();
@@ -763,6 +767,8 @@ async fn persist_drops_corrupt_and_garbled_files_keeps_the_rest() {
     let orphan = super::layout::FileId::random();
     std::fs::write(objs.join(format!("{orphan}.data")), b"orphan").unwrap();
     std::fs::write(objs.join("README"), b"?").unwrap();
+    let stray_outboard = objs.join(format!("{}.obao", super::layout::FileId::random()));
+    std::fs::write(&stray_outboard, [0u8; 64]).unwrap();
     std::fs::write(
         dir.path().join("tmp").join("leftover.data.part"),
         b"partial",
@@ -778,9 +784,14 @@ async fn persist_drops_corrupt_and_garbled_files_keeps_the_rest() {
     assert_eq!(s.stats().objects, 2);
     assert_eq!(
         objects(dir.path()).len(),
-        4,
-        "only the two good objects remain"
+        6,
+        "only the two good (disk) objects remain, each with its outboard"
     );
+    assert!(
+        !stray_outboard.exists(),
+        "an outboard without data is deleted"
+    );
+    assert!(!victim.with_extension("obao").exists());
     assert!(tmp_files(dir.path()).is_empty());
     assert_consistent(&s);
 }
@@ -945,9 +956,11 @@ async fn concurrent_writers_of_one_name_leave_exactly_one_version() {
             }
         );
         assert_consistent(&s);
+        // Data (+ sidecar when persisting, + outboard on disk).
         let expected_files = match (persist, meta.location) {
-            (true, _) => 2,
-            (false, Location::Disk) => 1,
+            (true, Location::Disk) => 3,
+            (true, Location::Memory) => 2,
+            (false, Location::Disk) => 2,
             (false, Location::Memory) => 0,
         };
         assert_eq!(
@@ -1128,4 +1141,80 @@ async fn io_failures_leave_nothing_behind() {
     assert!(!s.contains(&name));
     assert_eq!(s.stats(), StorageStats::default());
     assert_eq!(s.memory_reserved(), 0);
+}
+
+/// Every stored object can be sent as a verified range, from memory, from
+/// disk, and after a persisted reopen (whose outboards are rebuilt).
+#[tokio::test]
+async fn outboards_are_kept_as_objects_are_put_and_prove_any_range() {
+    use crate::mesh::verified::{RangeDecoder, Step};
+    use crate::storage::outboard::{encode_range, Data};
+
+    async fn check(s: &Storage, name: &ObjectName, want: &[u8]) {
+        let reader = s.open_reader(name).await.unwrap().unwrap();
+        let size = want.len() as u64;
+        for (offset, len) in [
+            (0, size),
+            (size / 3, size / 2),
+            (size.saturating_sub(1), size.min(1)),
+        ] {
+            // Blocking calls on small files: fine in a test.
+            let outboard = reader.outboard().unwrap();
+            let mut enc = Vec::new();
+            match &reader {
+                ObjectReader::Memory { data, .. } => {
+                    encode_range(Data::Memory(data), &outboard, offset, len, &mut enc)
+                }
+                ObjectReader::File { file, .. } => {
+                    let f = file.try_clone().await.unwrap().into_std().await;
+                    encode_range(Data::File(&f), &outboard, offset, len, &mut enc)
+                }
+            }
+            .unwrap();
+            let mut dec = RangeDecoder::new(blake3::hash(want), size, offset, len);
+            let mut buf = bytes::BytesMut::from(&enc[..]);
+            let mut got = Vec::new();
+            loop {
+                match dec.next(&mut buf).unwrap() {
+                    Step::Data(_, d) => got.extend_from_slice(&d),
+                    Step::Parent => {}
+                    Step::Done => break,
+                    Step::NeedMore(n) => panic!("encoding short by {n}"),
+                }
+            }
+            assert!(
+                got == want[offset as usize..(offset + len) as usize],
+                "{offset}+{len}"
+            );
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let small = data(40 * KIB as usize + 3, 1);
+    let big = data(3 * MIB as usize + 17, 2);
+    let (a, b) = (nid(), nid());
+    {
+        let s = Storage::open(persist_cfg(dir.path())).await.unwrap();
+        assert_eq!(
+            put(&s, &a, &small, 7000).await.unwrap().location,
+            Location::Memory
+        );
+        assert_eq!(
+            put(&s, &b, &big, 100_000).await.unwrap().location,
+            Location::Disk
+        );
+        check(&s, &a, &small).await;
+        check(&s, &b, &big).await;
+        s.shutdown().await.unwrap();
+    }
+    // A lost outboard is rebuilt when the store is opened again.
+    let obao: Vec<_> = objects(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "obao"))
+        .collect();
+    assert_eq!(obao.len(), 1, "the disk object's outboard");
+    std::fs::remove_file(&obao[0]).unwrap();
+    let s = Storage::open(persist_cfg(dir.path())).await.unwrap();
+    check(&s, &a, &small).await;
+    check(&s, &b, &big).await;
 }

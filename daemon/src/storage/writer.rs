@@ -1,5 +1,6 @@
 //! [`ObjectWriter`]: streams one object into memory or a temp file, hashing
-//! as it goes, and publishes it atomically on commit.
+//! as it goes (its BLAKE3 hash and outboard, in one pass), and publishes it
+//! atomically on commit.
 //!
 //! Memory mode buffers in one `BytesMut` while the object stays within
 //! `inline_limit` and the memory budget grants each chunk; otherwise the
@@ -22,6 +23,7 @@ use super::budget::Reservation;
 use super::error::{classify, join_error, writer_closed};
 use super::index::Entry;
 use super::layout::{FileGuard, FileId, Sidecar};
+use super::outboard::OutboardBuilder;
 use super::{Inner, Location, ObjectMeta, ObjectName, StorageError};
 
 /// Size of the buffers handed to the disk.
@@ -50,7 +52,7 @@ enum State {
 struct MemState {
     buf: BytesMut,
     reservation: Reservation,
-    hasher: blake3::Hasher,
+    hasher: OutboardBuilder,
 }
 
 struct DiskState {
@@ -64,12 +66,12 @@ struct DiskState {
 /// The temp file and the hasher, which travel together into blocking tasks.
 struct Open {
     file: File,
-    hasher: blake3::Hasher,
+    hasher: OutboardBuilder,
 }
 
 enum Sink {
     /// The temp file does not exist yet.
-    Unopened(Box<blake3::Hasher>),
+    Unopened(Box<OutboardBuilder>),
     /// A write of this many bytes is in progress.
     Busy(JoinHandle<io::Result<Open>>, usize),
     /// A write future was cancelled while the file was taken.
@@ -79,12 +81,12 @@ enum Sink {
 impl ObjectWriter {
     pub(crate) fn new(inner: Arc<Inner>, name: ObjectName, to_disk: bool) -> Self {
         let state = if to_disk {
-            State::Disk(DiskState::new(&inner, blake3::Hasher::new()))
+            State::Disk(DiskState::new(&inner, OutboardBuilder::new()))
         } else {
             State::Memory(Box::new(MemState {
                 buf: BytesMut::new(),
                 reservation: Reservation::empty(&inner.budget),
-                hasher: blake3::Hasher::new(),
+                hasher: OutboardBuilder::new(),
             }))
         };
         Self {
@@ -206,9 +208,10 @@ impl ObjectWriter {
         let (entry, guard) = match state {
             State::Closed => return Err(writer_closed()),
             State::Memory(m) => {
+                let (hash, pairs) = m.hasher.finish();
                 let meta = ObjectMeta {
                     size,
-                    hash: m.hasher.finalize(),
+                    hash,
                     location: Location::Memory,
                 };
                 // The buffer grew by doubling; keep only what is accounted.
@@ -236,6 +239,7 @@ impl ObjectWriter {
                 let entry = Entry {
                     meta,
                     memory: Some((data, m.reservation)),
+                    outboard: Some(pairs.into()),
                     file: guard.as_ref().map(FileGuard::id),
                 };
                 (entry, guard)
@@ -246,16 +250,17 @@ impl ObjectWriter {
                     d.dispatch(&inner, pending, true).await.map_err(classify)?;
                 }
                 let open = d.sink.idle(&inner, d.guard.id()).await.map_err(classify)?;
+                let (hash, pairs) = open.hasher.finish();
                 let meta = ObjectMeta {
                     size,
-                    hash: open.hasher.finalize(),
+                    hash,
                     location: Location::Disk,
                 };
                 let id = d.guard.id();
                 let sidecar = persist.then(|| Sidecar::new(&self.name, &meta));
                 let layout = Arc::clone(&inner.layout);
                 tokio::task::spawn_blocking(move || {
-                    layout.publish(id, open.file, sidecar.as_ref())
+                    layout.publish(id, open.file, Some(&pairs), sidecar.as_ref())
                 })
                 .await
                 .map_err(join_error)
@@ -264,6 +269,7 @@ impl ObjectWriter {
                 let entry = Entry {
                     meta,
                     memory: None,
+                    outboard: None,
                     file: Some(id),
                 };
                 (entry, Some(d.guard))
@@ -284,7 +290,7 @@ impl ObjectWriter {
 }
 
 impl DiskState {
-    fn new(inner: &Inner, hasher: blake3::Hasher) -> Self {
+    fn new(inner: &Inner, hasher: OutboardBuilder) -> Self {
         Self {
             guard: FileGuard::new(&inner.layout, FileId::random()),
             pending: BytesMut::new(),

@@ -954,6 +954,40 @@ where
     })
 }
 
+/// The verified encoding of `data[offset..end]`, as a server sends it.
+fn encoded(data: &[u8], offset: usize, end: usize) -> Vec<u8> {
+    use crate::storage::outboard::{encode_range, reference, Data, Outboard};
+    let (root, pairs) = reference(data);
+    let ob = Outboard::memory(root, data.len() as u64, pairs.into());
+    let mut out = Vec::new();
+    encode_range(
+        Data::Memory(data),
+        &ob,
+        offset as u64,
+        (end - offset) as u64,
+        &mut out,
+    )
+    .unwrap();
+    out
+}
+
+/// How many bytes of the whole object's encoding prove its first `bytes`.
+fn proving(data: &[u8], bytes: usize) -> usize {
+    use crate::mesh::verified::{RangeDecoder, Step};
+    let enc = encoded(data, 0, data.len());
+    let mut dec = RangeDecoder::new(blake3::hash(data), data.len() as u64, 0, data.len() as u64);
+    let mut buf = bytes::BytesMut::from(&enc[..]);
+    let mut got = 0;
+    while got < bytes {
+        match dec.next(&mut buf).unwrap() {
+            Step::Data(_, d) => got += d.len(),
+            Step::Parent => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    dec.consumed() as usize
+}
+
 async fn send_header(stream: &mut libp2p::Stream, data_len: usize, announced: &[u8]) {
     let header = Response::Object {
         size: data_len as u64,
@@ -987,9 +1021,12 @@ async fn wrong_hash_is_corrupt_and_nothing_is_cached() {
     let evil = Node::start(None).await;
     let len = 600 * KIB;
     let _server = adversary(&evil, move |mut s| async move {
-        // Announces the hash of one object, sends another of the same size.
+        // Announces the hash of one object, sends another of the same size
+        // (after a moment, so a follower joins the transfer).
         send_header(&mut s, len, &pattern(len, 1)).await;
-        let _ = s.write_all(&pattern(len, 2)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let other = pattern(len, 2);
+        let _ = s.write_all(&encoded(&other, 0, len)).await;
         let _ = s.close().await;
     });
     let consumer = Consumer::start(&evil, test_config()).await;
@@ -1007,7 +1044,10 @@ async fn wrong_hash_is_corrupt_and_nothing_is_cached() {
     let peer = evil.peer;
     let follower = tokio::spawn(async move { f2.get(peer, n2, &[]).await });
     let (got, err) = expect_broken(leader).await;
-    assert!(got < len, "the last chunk is held back: got {got} of {len}");
+    assert_eq!(
+        got, 0,
+        "no byte of a chunk group that does not verify is handed out"
+    );
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     let msg = err.to_string();
     assert!(
@@ -1033,7 +1073,9 @@ async fn truncated_transfer_is_corrupt_and_nothing_is_cached() {
     let _server = adversary(&evil, move |mut s| async move {
         let data = pattern(len, 3);
         send_header(&mut s, len, &data).await;
-        let _ = s.write_all(&data[..len / 2]).await;
+        let _ = s
+            .write_all(&encoded(&data, 0, len)[..proving(&data, len / 2)])
+            .await;
         let _ = s.close().await;
     });
     let consumer = Consumer::start(&evil, test_config()).await;
@@ -1102,13 +1144,14 @@ async fn a_broken_stream_resumes_from_the_first_byte_not_received() {
                     len: (end - offset) as u64,
                 };
                 protocol::write_response(&mut s, &header).await.unwrap();
+                let enc = encoded(&data, offset, end);
                 if streams.fetch_add(1, Ordering::SeqCst) == 0 {
-                    let _ = s.write_all(&data[offset..offset + data.len() / 2]).await;
+                    let _ = s.write_all(&enc[..enc.len() / 2]).await;
                     let _ = s.flush().await;
                     drop(s); // broken, not finished
                     return;
                 }
-                let _ = s.write_all(&data[offset..end]).await;
+                let _ = s.write_all(&enc).await;
                 let _ = s.close().await;
             }
         })
@@ -1149,7 +1192,10 @@ async fn stalled_producer_times_out_within_the_idle_timeout() {
     let _server = adversary(&evil, move |mut s| async move {
         let data = pattern(len, 4);
         send_header(&mut s, len, &data).await;
-        let _ = s.write_all(&data[..1000]).await;
+        // One chunk group and a bit of the next.
+        let _ = s
+            .write_all(&encoded(&data, 0, len)[..proving(&data, 1) + 1000])
+            .await;
         let _ = s.flush().await;
         // Then nothing, with the stream and connection open.
         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -1167,7 +1213,11 @@ async fn stalled_producer_times_out_within_the_idle_timeout() {
         .unwrap();
     let (got, err) = expect_broken(f).await;
     let took = t.elapsed();
-    assert_eq!(got, 1000);
+    assert_eq!(
+        got,
+        crate::storage::outboard::BLOCK_BYTES,
+        "the verified group"
+    );
     assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
     assert!(
         took >= idle && took < idle + Duration::from_secs(1),
@@ -1199,7 +1249,7 @@ async fn dripping_producer_fails_on_the_rate_floor() {
     let _server = adversary(&evil, move |mut s| async move {
         let data = pattern(len, 9);
         send_header(&mut s, len, &data).await;
-        for b in &data {
+        for b in &encoded(&data, 0, len) {
             if s.write_all(std::slice::from_ref(b)).await.is_err() || s.flush().await.is_err() {
                 return;
             }
@@ -1222,7 +1272,7 @@ async fn dripping_producer_fails_on_the_rate_floor() {
         .await
         .unwrap();
     let (got, err) = expect_broken(f).await;
-    assert!(got > 0 && got < 1000, "got {got} bytes");
+    assert_eq!(got, 0, "no chunk group completed");
     assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
     assert!(err.to_string().contains("rate floor"), "{err}");
     assert!(
@@ -1442,7 +1492,7 @@ async fn producer_dying_mid_transfer_fails_promptly() {
 #[tokio::test]
 async fn unused_protocol_name_is_stable() {
     // The protocol string is part of the wire contract between daemons.
-    assert_eq!(PROTOCOL, StreamProtocol::new("/proxymesh/fetch/1"));
+    assert_eq!(PROTOCOL, StreamProtocol::new("/proxymesh/fetch/2"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
