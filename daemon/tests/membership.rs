@@ -233,7 +233,7 @@ fn a_bare_libp2p_node_is_refused_every_request_and_dropped() {
             .await
             .err()
             .expect("the fetch is refused");
-        assert!(matches!(err, MeshError::Refused { .. }), "{err}");
+        assert!(matches!(err, MeshError::NotMember { .. }), "{err}");
         assert!(err.to_string().contains("not a member"), "{err}");
         o.wait(Seen::Closed).await;
 

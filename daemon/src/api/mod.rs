@@ -309,7 +309,7 @@ impl From<crate::mesh::MeshError> for Failure {
             M::Unreachable { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::Unreachable),
             M::TimedOut { .. } => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::TimedOut),
             M::Corrupt { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::Corrupt),
-            M::Refused { .. } | M::Protocol { .. } => {
+            M::Refused { .. } | M::NotMember { .. } | M::Protocol { .. } => {
                 (StatusCode::BAD_GATEWAY, ErrorCode::PeerError)
             }
             M::Storage(_) => {

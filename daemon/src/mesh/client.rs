@@ -381,6 +381,7 @@ fn common(peer: PeerId, name: &RemoteName, request: &str, answer: Response) -> M
             id: name.clone(),
         },
         Response::Refused(reason) => MeshError::Refused { peer, reason },
+        Response::NotMember(reason) => MeshError::NotMember { peer, reason },
         other => unexpected(peer, request, &other),
     }
 }

@@ -36,6 +36,15 @@ pub enum MeshError {
         /// Its reason.
         reason: String,
     },
+    /// The peer does not know this daemon as a member of its mesh (it
+    /// restarted, or membership was never proved on this connection).
+    #[error("peer {peer} does not know this daemon as a member of its mesh: {reason}")]
+    NotMember {
+        /// The peer.
+        peer: PeerId,
+        /// Its reason.
+        reason: String,
+    },
     /// The bytes received do not match the size or BLAKE3 hash announced.
     #[error("object {id} from peer {peer} arrived corrupt or truncated: {reason}")]
     Corrupt {

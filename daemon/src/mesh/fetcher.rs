@@ -445,6 +445,11 @@ impl Fetcher {
         };
         let why = match first {
             Some(Err(MeshError::Unreachable { reason, .. })) => reason,
+            // It restarted and no longer knows us: prove it, ask again.
+            Some(Err(MeshError::NotMember { reason, .. })) => {
+                opener.forget_member(&peer);
+                reason
+            }
             Some(other) => return Ok((other?, path)),
             None => "a direct path came up".to_string(),
         };
@@ -782,7 +787,7 @@ impl Pump {
                     // Move to the direct path from the first byte not yet
                     // handed out (bytes half-read on the old stream are
                     // dropped with it).
-                    if let Err(e) = self.resume("a direct path came up").await {
+                    if let Err(e) = self.resume("a direct path came up", false).await {
                         tracing::info!(peer = %self.peer, name = %self.name, error = %e, "cannot move the transfer to the direct path; staying");
                     }
                     continue;
@@ -841,6 +846,7 @@ impl Pump {
                     }
                     let window = self.timeouts.idle;
                     let mut resumed = false;
+                    let mut fresh = false;
                     while self.body.broke().is_some() {
                         let (since, at, n) = self.stuck.expect("set above");
                         if since.elapsed() >= window {
@@ -859,10 +865,17 @@ impl Pump {
                         } else {
                             "the stream broke"
                         };
-                        match self.resume(why).await {
+                        match self.resume(why, fresh).await {
                             Ok(()) => {
                                 resumed = true;
                                 break;
+                            }
+                            // A restarted peer no longer knows we are a
+                            // member: prove it again, on a new connection.
+                            Err(MeshError::NotMember { .. }) if !fresh => {
+                                tracing::info!(peer = %self.peer, name = %self.name, "the peer no longer knows us (restarted?); proving membership again");
+                                self.inner.opener.forget_member(&self.peer);
+                                fresh = true;
                             }
                             // The peer answered, and not with the object.
                             Err(again) if !is_stale(&again) => {
@@ -936,9 +949,9 @@ impl Pump {
     /// because a direct one came up, or the peer restarted). A stalled
     /// stream's connection is replaced. Bounded by the idle timeout: bytes
     /// must flow again within it, as on any stream.
-    async fn resume(&mut self, why: &str) -> Result<(), MeshError> {
+    async fn resume(&mut self, why: &str, fresh: bool) -> Result<(), MeshError> {
         let idle = self.timeouts.idle;
-        tokio::time::timeout(idle, self.resume_now(why))
+        tokio::time::timeout(idle, self.resume_now(why, fresh))
             .await
             .map_err(|_| MeshError::TimedOut {
                 peer: self.peer,
@@ -948,8 +961,8 @@ impl Pump {
             })?
     }
 
-    async fn resume_now(&mut self, why: &str) -> Result<(), MeshError> {
-        let stalled = self.body.broke() == Some(client::Break::Stalled);
+    async fn resume_now(&mut self, why: &str, fresh: bool) -> Result<(), MeshError> {
+        let stalled = fresh || self.body.broke() == Some(client::Break::Stalled);
         tracing::info!(peer = %self.peer, name = %self.name, received = self.body.received(), of = self.body.len(), "{why}; continuing the transfer on a new stream");
         let opener = &self.inner.opener;
         // A relayed stream that ended is most often its connection closing

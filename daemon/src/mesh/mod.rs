@@ -99,6 +99,13 @@ pub trait StreamOpener: Send + Sync + 'static {
         self.open(peer, addrs).await
     }
 
+    /// `peer` answered that it does not know us as a member (it restarted):
+    /// prove membership to it again before the next stream. Nothing by
+    /// default.
+    fn forget_member(&self, peer: &PeerId) {
+        let _ = peer;
+    }
+
     /// The best path to `peer` now, if connected: idle streams on it may be
     /// reused (see [`pool`]). `None` by default: no stream is reused.
     fn path_now(&self, peer: &PeerId) -> Option<PathInfo> {

@@ -208,6 +208,10 @@ const RETRY_AFTER: Duration = Duration::from_millis(100);
 
 #[async_trait::async_trait]
 impl StreamOpener for SwarmOpener {
+    fn forget_member(&self, peer: &PeerId) {
+        self.gate.forget(peer);
+    }
+
     async fn open(
         &self,
         peer: PeerId,

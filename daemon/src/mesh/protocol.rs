@@ -152,6 +152,11 @@ pub enum Response {
     NotFound,
     /// The request cannot be served; why.
     Refused(String),
+    /// The requester has not proved membership of the server's mesh (on
+    /// this connection, or since the server restarted): prove it on the
+    /// member protocol and ask again. (Appended last, so the earlier
+    /// answers keep their encoding.)
+    NotMember(String),
 }
 
 /// Why a frame could not be read or written.

@@ -112,7 +112,7 @@ pub async fn serve(mut incoming: libp2p_stream::IncomingStreams, server: Arc<Ser
                 let _ = tokio::time::timeout(config.request_timeout, async {
                     let _ = read_request(&mut stream).await;
                     let _ =
-                        send_answer(&mut stream, &Response::Refused(reason.into()), config).await;
+                        send_answer(&mut stream, &Response::NotMember(reason.into()), config).await;
                     let _ = stream.close().await;
                     super::members::linger(&mut stream).await;
                 })

@@ -1361,7 +1361,7 @@ async fn non_members_are_refused_and_dropped() {
         .get(producer.node.peer, RemoteName::Native(id), &[])
         .await
         .unwrap_err();
-    assert!(matches!(err, MeshError::Refused { .. }), "{err}");
+    assert!(matches!(err, MeshError::NotMember { .. }), "{err}");
     assert!(err.to_string().contains("not a member"), "{err}");
     let (dropped, _) =
         tokio::time::timeout(Duration::from_secs(10), producer.drops.lock().await.recv())

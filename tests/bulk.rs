@@ -1,0 +1,203 @@
+//! The bulk engine with real processes (a relay and daemons on loopback):
+//! bytes are verified per 16 KiB chunk group as they arrive, so a producer
+//! that sends a wrong byte is caught within that group and nothing of it
+//! reaches the client or the cache; a transfer whose producer is killed and
+//! restarted midway resumes from its last verified byte instead of from 0.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use proxymesh_suite::{http, wait_until, DaemonProcess, RelayProcess};
+
+const OCTET: (&str, &str) = ("content-type", "application/octet-stream");
+
+fn status(d: &DaemonProcess) -> serde_json::Value {
+    http(&d.api, "GET", "/v1/status", &[], b"").json()
+}
+
+fn reserved(d: &DaemonProcess) -> bool {
+    status(d)["mesh"]["relays"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|r| r["reserved"] == true))
+}
+
+fn wait_reserved(d: &DaemonProcess) {
+    wait_until(Duration::from_secs(30), || reserved(d).then_some(()))
+        .unwrap_or_else(|| panic!("no relay reservation: {}", status(d)));
+}
+
+fn put(d: &DaemonProcess, body: &[u8]) -> String {
+    let r = http(&d.api, "POST", "/v1/objects", &[OCTET], body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["key"].as_str().unwrap().to_string()
+}
+
+/// Bytes `d` served to (`served_bytes`) or fetched from (`fetched_bytes`) `peer`.
+fn traffic(d: &DaemonProcess, peer: &str, field: &str) -> u64 {
+    status(d)["mesh"]["traffic"]
+        .as_array()
+        .and_then(|t| t.iter().find(|p| p["peer_id"] == peer))
+        .map_or(0, |p| p[field].as_u64().unwrap())
+}
+
+/// A GET of `ticket` at `d` whose body is read as the test chooses.
+struct Download {
+    stream: TcpStream,
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Download {
+    fn start(d: &DaemonProcess, ticket: &str) -> Self {
+        let mut stream = TcpStream::connect(&d.api).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /v1/objects/{ticket} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(stream.read(&mut byte).unwrap(), 1, "headers cut short");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert!(
+            !head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        let status = head[9..12].parse().unwrap();
+        Self {
+            stream,
+            status,
+            body: Vec::new(),
+        }
+    }
+
+    /// Read until `total` body bytes arrived or the body ended; whether it ended.
+    fn read_to(&mut self, total: usize) -> bool {
+        let mut buf = vec![0u8; 1 << 20];
+        while self.body.len() < total {
+            let want = buf.len().min(total - self.body.len());
+            match self.stream.read(&mut buf[..want]) {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => self.body.extend_from_slice(&buf[..n]),
+            }
+        }
+        false
+    }
+}
+
+#[test]
+fn a_byte_flipped_at_the_producer_is_caught_within_its_chunk_group() {
+    let relay = RelayProcess::start(&[]);
+    // Objects over 1 MiB go to disk at A, where the test damages one.
+    let a = relay.start_daemon(&["--inline-limit", "1MiB"]);
+    let b = relay.start_daemon(&[]);
+    wait_reserved(&a);
+    wait_reserved(&b);
+    let size = 8 << 20;
+    let data = proxymesh::testing::pattern(size, 21).to_vec();
+    let ticket = put(&a, &data);
+    let files: Vec<_> = std::fs::read_dir(a.data_dir.join("store").join("objects"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "data"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    // A producer whose bytes go wrong after it hashed them: it serves them
+    // as they are (the requester checks).
+    let flipped = 5 * (1 << 20) + 12_345;
+    let mut raw = std::fs::read(&files[0]).unwrap();
+    raw[flipped] ^= 0x40;
+    std::fs::write(&files[0], raw).unwrap();
+
+    let mut dl = Download::start(&b, &ticket);
+    assert_eq!(dl.status, 200);
+    assert!(dl.read_to(size), "the body must end early");
+    let group = 16 * 1024;
+    let bad_group = flipped / group * group;
+    assert!(
+        dl.body.len() <= bad_group,
+        "{} bytes handed out, the damaged group starts at {bad_group}",
+        dl.body.len()
+    );
+    assert!(
+        dl.body[..] == data[..dl.body.len()],
+        "every byte handed out is right"
+    );
+    // Nothing was cached, the transfer is reported corrupt naming A and the
+    // offset of the group, and a second get fails the same way.
+    let st = status(&b);
+    assert_eq!(st["objects"], 0, "{st}");
+    let t = &st["mesh"]["recent_transfers"][0];
+    let state = t["state"].as_str().unwrap();
+    assert!(
+        state.contains("corrupt") && state.contains(&format!("offset {bad_group}")),
+        "{state}"
+    );
+    let mut again = Download::start(&b, &ticket);
+    assert!(again.read_to(size));
+    assert!(again.body.len() <= bad_group);
+    assert_eq!(status(&b)["objects"], 0);
+}
+
+#[test]
+fn a_producer_killed_and_restarted_mid_object_is_resumed_from_the_verified_prefix() {
+    let relay = RelayProcess::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let start_a = || {
+        let mut flags = relay.member_flags(dir.path());
+        flags.extend(["--persist".into(), "--inline-limit".into(), "1MiB".into()]);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let a = DaemonProcess::start_in(dir.path(), &flags);
+        wait_reserved(&a);
+        a
+    };
+    let mut a = start_a();
+    let b = relay.start_daemon(&["--idle-timeout", "30"]);
+    wait_reserved(&b);
+    let size = 64 << 20;
+    let data = proxymesh::testing::pattern(size, 22).to_vec();
+    let ticket = put(&a, &data);
+
+    // The client reads 24 MiB, then A dies (SIGKILL) and comes back on the
+    // same data directory while the client goes on reading.
+    let prefix = 24 << 20;
+    let mut dl = Download::start(&b, &ticket);
+    assert_eq!(dl.status, 200);
+    assert!(!dl.read_to(prefix));
+    let before = traffic(&a, &b.peer_id, "served_bytes");
+    a.kill();
+    let (a, ended) = std::thread::scope(|s| {
+        let restarter = s.spawn(start_a);
+        let ended = dl.read_to(size);
+        (restarter.join().unwrap(), ended)
+    });
+    assert!(
+        dl.body.len() == size && dl.body == data,
+        "the resumed transfer delivered {} of {size} bytes (ended early: {ended}); B: {}",
+        dl.body.len(),
+        status(&b)["mesh"]["recent_transfers"]
+    );
+    // A served the rest after its restart, not the object again.
+    let after = traffic(&a, &b.peer_id, "served_bytes");
+    eprintln!(
+        "A served {before} bytes before the kill and {after} after the restart (object {size})"
+    );
+    assert!(after > 0, "the rest came from the restarted A");
+    assert!(
+        after <= (size - prefix) as u64 + (1 << 20),
+        "A re-sent the verified prefix: {after} bytes after the restart"
+    );
+    let st = status(&b);
+    let t = &st["mesh"]["recent_transfers"][0];
+    assert_eq!(t["state"], "done", "{t}");
+    assert_eq!(st["objects"], 1, "the verified whole was cached");
+}
