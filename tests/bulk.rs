@@ -163,7 +163,8 @@ fn a_producer_killed_and_restarted_mid_object_is_resumed_from_the_verified_prefi
     let mut a = start_a();
     let b = relay.start_daemon(&["--idle-timeout", "30"]);
     wait_reserved(&b);
-    let size = 64 << 20;
+    // Larger than what a daemon fetches ahead of its reader (64 MiB).
+    let size = 160 << 20;
     let data = proxymesh::testing::pattern(size, 22).to_vec();
     let ticket = put(&a, &data);
 
@@ -200,4 +201,73 @@ fn a_producer_killed_and_restarted_mid_object_is_resumed_from_the_verified_prefi
     let t = &st["mesh"]["recent_transfers"][0];
     assert_eq!(t["state"], "done", "{t}");
     assert_eq!(st["objects"], 1, "the verified whole was cached");
+}
+
+#[test]
+fn six_daemons_fetching_one_object_at_once_share_it_and_the_producer_sends_it_about_once() {
+    let relay = RelayProcess::start(&[]);
+    let a = relay.start_daemon(&[]);
+    let sites: Vec<DaemonProcess> = (0..6).map(|_| relay.start_daemon(&[])).collect();
+    wait_reserved(&a);
+    for s in &sites {
+        wait_reserved(s);
+    }
+    let size = 96 << 20;
+    let data = proxymesh::testing::pattern(size, 23).to_vec();
+    let want = blake3::hash(&data);
+    let ticket = put(&a, &data);
+    drop(data);
+
+    let results: Vec<(u16, usize, blake3::Hash)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sites
+            .iter()
+            .map(|s| {
+                let ticket = &ticket;
+                scope.spawn(move || {
+                    let mut dl = Download::start(s, ticket);
+                    dl.read_to(size + 1);
+                    if dl.status != 200 {
+                        eprintln!("error: {}", String::from_utf8_lossy(&dl.body));
+                    }
+                    (dl.status, dl.body.len(), blake3::hash(&dl.body))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (status, len, hash)) in results.iter().enumerate() {
+        assert_eq!((*status, *len), (200, size), "site {i}");
+        assert_eq!(*hash, want, "site {i} got other bytes");
+    }
+    // What A sent, to everyone.
+    let uploaded: u64 = status(&a)["mesh"]["traffic"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["served_bytes"].as_u64().unwrap())
+        .sum();
+    let served_by_sites: u64 = sites
+        .iter()
+        .map(|s| {
+            status(s)["mesh"]["traffic"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["served_bytes"].as_u64().unwrap())
+                .sum::<u64>()
+        })
+        .sum();
+    eprintln!(
+        "6 sites × {} MiB: the producer uploaded {:.2}× the object, the sites served each other {:.2}×",
+        size >> 20,
+        uploaded as f64 / size as f64,
+        served_by_sites as f64 / size as f64
+    );
+    assert!(
+        uploaded <= 2 * size as u64,
+        "the producer uploaded {uploaded} bytes for a {size}-byte object"
+    );
+    for s in &sites {
+        assert_eq!(status(s)["objects"], 1, "each site keeps its verified copy");
+    }
 }

@@ -21,6 +21,7 @@ use super::verified::{RangeDecoder, Step};
 use super::MeshError;
 use crate::storage::outboard::BLOCK_BYTES;
 use crate::storage::ChunkStream;
+use bao_tree::TreeNode;
 
 /// Client limits for one request.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +73,8 @@ pub struct Body<S> {
     decoder: RangeDecoder,
     /// Encoded bytes read from the stream (data and hashes).
     wire: u64,
+    /// The hash pairs that arrived, when kept ([`keep_pairs`](Self::keep_pairs)).
+    parents: Option<Vec<(TreeNode, [u8; 64])>>,
     idle: Duration,
     floor: RateFloor,
     /// Time spent waiting for the peer in the current rate window, and the
@@ -89,6 +92,40 @@ pub enum Break {
     Lost,
     /// No byte arrived for the idle timeout.
     Stalled,
+}
+
+impl<S> Body<S> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        stream: S,
+        peer: PeerId,
+        name: &RemoteName,
+        size: u64,
+        hash: [u8; 32],
+        offset: u64,
+        len: u64,
+        timeouts: Timeouts,
+    ) -> Self {
+        let hash = blake3::Hash::from_bytes(hash);
+        Body {
+            stream: Some(stream),
+            peer,
+            name: name.clone(),
+            size,
+            hash,
+            offset,
+            len,
+            received: 0,
+            decoder: RangeDecoder::new(hash, size, offset, len),
+            wire: 0,
+            parents: None,
+            idle: timeouts.idle,
+            floor: timeouts.floor,
+            window: (Duration::ZERO, 0),
+            buf: BytesMut::new(),
+            broke: None,
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> Body<S> {
@@ -128,6 +165,20 @@ impl<S: AsyncRead + Unpin> Body<S> {
     /// Bytes of the range received and verified so far.
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// Keep the hash pairs that prove the range as they arrive, to be taken
+    /// with [`take_pairs`](Self::take_pairs) (to serve the range again).
+    pub fn keep_pairs(&mut self) {
+        self.parents.get_or_insert_with(Vec::new);
+    }
+
+    /// The hash pairs kept since the last call.
+    pub fn take_pairs(&mut self) -> Vec<(TreeNode, [u8; 64])> {
+        self.parents
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Bytes read from the network so far (the range's data and the hashes
@@ -218,7 +269,11 @@ impl<S: AsyncRead + Unpin> Body<S> {
                             return Ok(Some(out.freeze()));
                         }
                     }
-                    Ok(Step::Parent) => {}
+                    Ok(Step::Parent(node, pair)) => {
+                        if let Some(keep) = &mut self.parents {
+                            keep.push((node, pair));
+                        }
+                    }
                     Ok(Step::NeedMore(n)) => break n,
                     Ok(Step::Done) => {
                         return Ok((!out.is_empty()).then(|| out.freeze()));
@@ -424,26 +479,100 @@ where
                     ),
                 });
             }
-            Ok(Body {
-                stream: Some(stream),
-                peer,
-                name: name.clone(),
-                size,
-                hash: blake3::Hash::from_bytes(hash),
-                offset: o,
-                len: l,
-                received: 0,
-                decoder: RangeDecoder::new(blake3::Hash::from_bytes(hash), size, o, l),
-                wire: 0,
-                idle: timeouts.idle,
-                floor: timeouts.floor,
-                window: (Duration::ZERO, 0),
-                buf: BytesMut::new(),
-                broke: None,
-            })
+            Ok(Body::new(stream, peer, name, size, hash, o, l, timeouts))
         }
         other => Err(common(peer, name, "get", other)),
     }
+}
+
+/// The first request of a fetch of `name`: its first `max` bytes (the
+/// whole object if it is no larger), and the other daemons the producer
+/// knows to be fetching or holding it.
+pub async fn open<S>(
+    mut stream: S,
+    peer: PeerId,
+    name: &RemoteName,
+    max: u64,
+    timeouts: Timeouts,
+) -> Result<(Body<S>, Vec<PeerId>), MeshError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let req = Request::Open {
+        name: name.clone(),
+        max,
+    };
+    match ask(&mut stream, peer, &req, name, timeouts.header).await? {
+        Response::Opened {
+            size,
+            hash,
+            len,
+            holders,
+        } => {
+            if len != max.min(size) {
+                return Err(MeshError::Protocol {
+                    peer,
+                    reason: format!(
+                        "asked for the first {max} bytes of {name}, got {len} of {size}"
+                    ),
+                });
+            }
+            let holders = holders.into_iter().filter(|h| *h != peer).collect();
+            Ok((
+                Body::new(stream, peer, name, size, hash, 0, len, timeouts),
+                holders,
+            ))
+        }
+        other => Err(common(peer, name, "open", other)),
+    }
+}
+
+/// What `peer` holds of `name`: (size, hash, segments it has, segments it
+/// is fetching, other holders it knows).
+pub async fn have<S>(
+    mut stream: S,
+    peer: PeerId,
+    name: &RemoteName,
+    timeouts: Timeouts,
+) -> Result<(HaveAnswer, S), MeshError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let req = Request::Have { name: name.clone() };
+    match ask(&mut stream, peer, &req, name, timeouts.header).await? {
+        Response::Have {
+            size,
+            hash,
+            have,
+            fetching,
+            holders,
+        } => Ok((
+            HaveAnswer {
+                size,
+                hash: blake3::Hash::from_bytes(hash),
+                have,
+                fetching,
+                holders,
+            },
+            stream,
+        )),
+        other => Err(common(peer, name, "have", other)),
+    }
+}
+
+/// An answer to [`have`].
+#[derive(Debug, Clone)]
+pub struct HaveAnswer {
+    /// Size of the object.
+    pub size: u64,
+    /// Its BLAKE3 hash.
+    pub hash: blake3::Hash,
+    /// Bitfield of the segments the peer can send.
+    pub have: Vec<u8>,
+    /// Bitfield of the segments it is fetching.
+    pub fetching: Vec<u8>,
+    /// Other holders it knows (a producer's list).
+    pub holders: Vec<PeerId>,
 }
 
 /// Whether `peer` has `name`.

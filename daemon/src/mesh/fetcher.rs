@@ -46,13 +46,16 @@ use proxymesh::{ObjectId, OwnerCap};
 use tokio::sync::mpsc;
 
 use super::client::{self, Body, Timeouts};
+use super::copies::Copies;
 use super::pool::StreamPool;
 use super::protocol::RemoteName;
+use super::protocol::SEGMENT;
 use super::singleflight::{Join, Leader, SingleFlight};
 use super::traffic::Traffic;
 use super::{MeshError, PathInfo, StreamOpener};
 use crate::storage::{ChunkStream, ObjectName, ObjectReader, ObjectWriter, Storage, StorageError};
 
+mod swarm;
 #[cfg(test)]
 mod tests;
 
@@ -67,6 +70,10 @@ const RESUME_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long a transfer whose relayed stream ended waits for a direct path
 /// to show before it resumes on whatever there is.
 const DIRECT_GRACE: Duration = Duration::from_secs(2);
+/// Times one request is made before its stream's failure is reported.
+const ASK_ATTEMPTS: u32 = 3;
+/// Pause before asking again after a stream failed (times the attempt).
+const ASK_PAUSE: Duration = Duration::from_millis(100);
 /// Transfers kept in [`Fetcher::recent`].
 const RECENT_TRANSFERS: usize = 32;
 
@@ -175,6 +182,8 @@ struct Inner {
     pool: StreamPool<libp2p::Stream>,
     /// Bytes received per peer.
     traffic: Arc<Traffic>,
+    /// Copies being fetched in segments, served to others as they arrive.
+    copies: Arc<Copies>,
 }
 
 /// One transfer, as status shows it.
@@ -202,6 +211,7 @@ impl Transfer {
             object: match &self.name {
                 RemoteName::Native(id) => id.to_string(),
                 RemoteName::Endpoint(key) => key.clone(),
+                RemoteName::Copy { id, .. } => id.to_string(),
             },
             size: self.size,
             received: self.received.load(Ordering::Relaxed),
@@ -257,15 +267,18 @@ impl Fetcher {
                 recent: Mutex::new(std::collections::VecDeque::new()),
                 pool: StreamPool::default(),
                 traffic: Arc::default(),
+                copies: Arc::default(),
             }),
         }
     }
 
-    /// Count received bytes into `traffic` (shared with the server).
-    pub fn with_traffic(self, traffic: Arc<Traffic>) -> Self {
+    /// Count received bytes into `traffic`, and register copies being
+    /// fetched in `copies` (both shared with the server).
+    pub fn with_traffic(self, traffic: Arc<Traffic>, copies: Arc<Copies>) -> Self {
         let mut inner = Arc::try_unwrap(self.inner)
             .unwrap_or_else(|_| panic!("with_traffic is called before the fetcher is shared"));
         inner.traffic = traffic;
+        inner.copies = copies;
         Self {
             inner: Arc::new(inner),
         }
@@ -274,6 +287,11 @@ impl Fetcher {
     /// Bytes exchanged per peer.
     pub fn traffic(&self) -> &Arc<Traffic> {
         &self.inner.traffic
+    }
+
+    /// The copies being fetched (for the server, which serves them).
+    pub fn copies(&self) -> &Arc<Copies> {
+        &self.inner.copies
     }
 
     /// Object `name` of `peer` (reached through `addrs` if not connected):
@@ -356,7 +374,8 @@ impl Fetcher {
         Ok(found)
     }
 
-    /// Run a one-request exchange on a new stream; once more on another if
+    /// Run a one-request exchange on a new stream; again on another (up to
+    /// [`ASK_ATTEMPTS`] times) if
     /// the first stream broke (e.g. its relayed connection closed as a
     /// direct one came up).
     async fn twice<T, F, Fut>(
@@ -432,30 +451,42 @@ impl Fetcher {
         Fut: std::future::Future<Output = Result<T, MeshError>>,
     {
         let opener = &self.inner.opener;
-        let (stream, path) = if fresh {
-            opener.reopen(peer, addrs).await?
-        } else {
-            opener.open(peer, addrs).await?
-        };
-        // A direct path coming up closes the relayed connection under the
-        // exchange (its streams may hang rather than fail): ask again then.
-        let first = tokio::select! {
-            answer = exchange(stream) => Some(answer),
-            () = opener.better_path(peer, path) => None,
-        };
-        let why = match first {
-            Some(Err(MeshError::Unreachable { reason, .. })) => reason,
-            // It restarted and no longer knows us: prove it, ask again.
-            Some(Err(MeshError::NotMember { reason, .. })) => {
-                opener.forget_member(&peer);
-                reason
+        let mut fresh = fresh;
+        for attempt in 1.. {
+            let (stream, path) = if fresh {
+                opener.reopen(peer, addrs).await?
+            } else {
+                opener.open(peer, addrs).await?
+            };
+            fresh = false;
+            if attempt == ASK_ATTEMPTS {
+                return Ok((exchange(stream).await?, path));
             }
-            Some(other) => return Ok((other?, path)),
-            None => "a direct path came up".to_string(),
-        };
-        tracing::debug!(%peer, %why, "asking again on a new stream");
-        let (stream, path) = opener.open(peer, addrs).await?;
-        Ok((exchange(stream).await?, path))
+            // A direct path coming up closes the relayed connection under
+            // the exchange (its streams may hang rather than fail): ask
+            // again then.
+            let answer = tokio::select! {
+                answer = exchange(stream) => Some(answer),
+                () = opener.better_path(peer, path) => None,
+            };
+            let why = match answer {
+                // The stream failed (its connection closed for a punched
+                // one, or a busy relay dropped it): a moment, then again.
+                Some(Err(MeshError::Unreachable { reason, .. })) => {
+                    tokio::time::sleep(ASK_PAUSE * attempt).await;
+                    reason
+                }
+                // It restarted and no longer knows us: prove it, ask again.
+                Some(Err(MeshError::NotMember { reason, .. })) => {
+                    opener.forget_member(&peer);
+                    reason
+                }
+                Some(other) => return Ok((other?, path)),
+                None => "a direct path came up".to_string(),
+            };
+            tracing::debug!(%peer, %why, attempt, "asking again on a new stream");
+        }
+        unreachable!("the last attempt returns")
     }
 
     /// Make `peer` remove `name` (a native object needs its `owner`
@@ -595,11 +626,25 @@ impl Fetcher {
     ) -> Result<Fetched, MeshError> {
         let timeouts = self.timeouts();
         let started = async {
-            let (body, path) = self
-                .reusing(peer, addrs, |stream| {
-                    client::get(stream, peer, &name, 0, None, timeouts)
-                })
-                .await?;
+            // A native object is opened: its first segment (all of a small
+            // one), and who else is fetching it. Larger ones continue from
+            // every source.
+            let ((body, holders), path) = match &name {
+                RemoteName::Native(_) => {
+                    self.reusing(peer, addrs, |stream| {
+                        client::open(stream, peer, &name, SEGMENT, timeouts)
+                    })
+                    .await?
+                }
+                _ => {
+                    let (body, path) = self
+                        .reusing(peer, addrs, |stream| {
+                            client::get(stream, peer, &name, 0, None, timeouts)
+                        })
+                        .await?;
+                    ((body, Vec::new()), path)
+                }
+            };
             self.inner.transfers.fetch_add(1, Ordering::Relaxed);
             if let Some(want) = expect.filter(|w| *w != body.hash()) {
                 return Err(MeshError::Corrupt {
@@ -611,10 +656,10 @@ impl Fetcher {
                     ),
                 });
             }
-            Ok::<_, MeshError>((body, path))
+            Ok::<_, MeshError>((body, path, holders))
         }
         .await;
-        let (body, path) = match started {
+        let (body, path, holders) = match started {
             Ok(x) => x,
             Err(e) => {
                 if let Some(leader) = leader {
@@ -624,7 +669,9 @@ impl Fetcher {
             }
         };
         let (size, hash) = (body.size(), body.hash());
+        let swarm = body.len() < size;
         let writer = match (&leader, &name) {
+            _ if swarm => None,
             (Some(_), RemoteName::Native(id)) if size <= self.inner.config.cache_cap => {
                 let name = remote_name((peer, *id));
                 match self.inner.storage.writer(name, Some(size)) {
@@ -637,7 +684,7 @@ impl Fetcher {
             }
             _ => None,
         };
-        tracing::info!(%peer, %name, size, %path, cached = writer.is_some(), "fetching");
+        tracing::info!(%peer, %name, size, %path, cached = writer.is_some(), holders = holders.len(), "fetching");
         let record = Arc::new(Transfer {
             peer,
             name: name.clone(),
@@ -653,6 +700,25 @@ impl Fetcher {
                 recent.pop_front();
             }
             recent.push_back(record.clone());
+        }
+        if let (true, RemoteName::Native(id)) = (swarm, &name) {
+            let body = swarm::start(
+                self.clone(),
+                peer,
+                *id,
+                addrs.to_vec(),
+                body,
+                holders,
+                leader,
+                record,
+            )
+            .await?;
+            return Ok(Fetched::Streaming {
+                size,
+                hash,
+                path,
+                body,
+            });
         }
         let inline = size <= FETCH_INLINE;
         // Inline, the body is read before anyone drains the channel: room

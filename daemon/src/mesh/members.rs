@@ -76,9 +76,17 @@ pub async fn serve(
                 let credential = match read_message(&mut stream).await {
                     Ok(Message::Hello { credential, .. }) => credential,
                     Ok(other) => {
-                        return Err(format!("expected Hello, got {other:?}"));
+                        return Err(Some(format!("expected Hello, got {other:?}")));
                     }
-                    Err(e) => return Err(e.to_string()),
+                    // The stream or its connection failed (a relayed
+                    // connection closing for a punched one, say): the peer
+                    // proved nothing, and did nothing wrong either; it says
+                    // hello again on the connection it keeps.
+                    Err(e @ wire::WireError::Io(_)) => {
+                        tracing::debug!(%peer, error = %e, "a member-protocol stream failed before its hello");
+                        return Err(None);
+                    }
+                    Err(e) => return Err(Some(e.to_string())),
                 };
                 match gate.admit(peer, credential.as_ref(), SystemTime::now()) {
                     Ok(m) => {
@@ -100,13 +108,13 @@ pub async fn serve(
                         let _ = write_message(&mut stream, &Message::Refused(reason.clone())).await;
                         let _ = stream.close().await;
                         linger(&mut stream).await;
-                        Err(reason)
+                        Err(Some(reason))
                     }
                 }
             })
             .await
-            .unwrap_or_else(|_| Err("no Hello in time".into()));
-            if let Err(reason) = answered {
+            .unwrap_or_else(|_| Err(Some("no Hello in time".into())));
+            if let Err(Some(reason)) = answered {
                 let _ = dropper.send((peer, format!("not a member of this mesh: {reason}")));
             }
         });

@@ -34,6 +34,7 @@ pub mod members;
 pub mod opener;
 // Data plane.
 pub mod client;
+pub mod copies;
 pub mod fetcher;
 pub mod pool;
 pub mod protocol;
@@ -97,6 +98,14 @@ pub trait StreamOpener: Send + Sync + 'static {
         addrs: &[Multiaddr],
     ) -> Result<(libp2p::Stream, PathInfo), MeshError> {
         self.open(peer, addrs).await
+    }
+
+    /// Addresses that reach `peer` through this daemon's relays (for a
+    /// daemon known only by its ID, such as another holder of an object).
+    /// None by default.
+    fn circuits_to(&self, peer: PeerId) -> Vec<Multiaddr> {
+        let _ = peer;
+        Vec::new()
     }
 
     /// `peer` answered that it does not know us as a member (it restarted):
@@ -322,8 +331,10 @@ impl Mesh {
         ));
         let storage = objects.storage().clone();
         let traffic = Arc::new(traffic::Traffic::default());
+        let copies = Arc::new(copies::Copies::default());
         let mut server = serve::Server::new(objects, gate.clone(), dropper, config.serve);
         server.traffic = traffic.clone();
+        server.copies = copies.clone();
         tokio::spawn(serve::serve(incoming, Arc::new(server)));
         tokio::spawn(event_loop.run());
         let opener = opener::SwarmOpener {
@@ -334,7 +345,7 @@ impl Mesh {
             connect_timeout: config.connect_timeout,
         };
         let fetcher = fetcher::Fetcher::new(storage, Arc::new(opener), config.fetch.clone())
-            .with_traffic(traffic);
+            .with_traffic(traffic, copies);
         Ok(Self {
             peer_id,
             credential: config.credential,

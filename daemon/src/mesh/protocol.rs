@@ -42,7 +42,7 @@ use std::task::Poll;
 
 use bytes::BytesMut;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use libp2p::StreamProtocol;
+use libp2p::{PeerId, StreamProtocol};
 use proxymesh::ObjectId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -62,6 +62,14 @@ pub enum RemoteName {
     Native(ObjectId),
     /// A ProxyStore endpoint key.
     Endpoint(String),
+    /// The serving daemon's copy (cached, or still arriving) of native
+    /// object `id` of daemon `producer`. (Appended last.)
+    Copy {
+        /// The daemon that made the object.
+        producer: PeerId,
+        /// Its ID there.
+        id: ObjectId,
+    },
 }
 
 impl RemoteName {
@@ -70,6 +78,10 @@ impl RemoteName {
         match self {
             RemoteName::Native(id) => ObjectName::Native(*id),
             RemoteName::Endpoint(key) => ObjectName::Endpoint(key.clone()),
+            RemoteName::Copy { producer, id } => ObjectName::Remote {
+                peer: *producer,
+                id: *id,
+            },
         }
     }
 }
@@ -79,6 +91,7 @@ impl fmt::Display for RemoteName {
         match self {
             RemoteName::Native(id) => write!(f, "{id}"),
             RemoteName::Endpoint(key) => write!(f, "with ProxyStore key {key:?}"),
+            RemoteName::Copy { producer, id } => write!(f, "{id} (a copy of {producer}'s)"),
         }
     }
 }
@@ -120,6 +133,21 @@ pub enum Request {
         /// Its owner capability.
         owner: [u8; 16],
     },
+    /// The first request of a fetch: like `Get` from byte 0 for at most
+    /// `max` bytes, answered with `Opened` (which also names the other
+    /// daemons fetching or holding the object).
+    Open {
+        /// The object.
+        name: RemoteName,
+        /// Most bytes wanted now.
+        max: u64,
+    },
+    /// Which segments ([`SEGMENT`] bytes each) of the object the server can
+    /// send now, and which it is fetching.
+    Have {
+        /// The object.
+        name: RemoteName,
+    },
 }
 
 /// An answer, the first frame the server writes.
@@ -157,7 +185,38 @@ pub enum Response {
     /// member protocol and ask again. (Appended last, so the earlier
     /// answers keep their encoding.)
     NotMember(String),
+    /// Answer to `Open`: the object, and the verified encoding of its first
+    /// `len` bytes after the frame.
+    Opened {
+        /// Size of the whole object.
+        size: u64,
+        /// BLAKE3 of the whole object.
+        hash: [u8; 32],
+        /// Bytes from 0 sent.
+        len: u64,
+        /// Other daemons that fetched the object recently (from its
+        /// producer): sources of its segments.
+        holders: Vec<PeerId>,
+    },
+    /// Answer to `Have`: bitfields over the object's segments (bit `i` of
+    /// byte `i / 8`, least significant first).
+    Have {
+        /// Size of the whole object.
+        size: u64,
+        /// BLAKE3 of the whole object.
+        hash: [u8; 32],
+        /// Segments the server can send now.
+        have: Vec<u8>,
+        /// Segments it is fetching now.
+        fetching: Vec<u8>,
+        /// Other daemons that fetched the object recently (from its producer).
+        holders: Vec<PeerId>,
+    },
 }
+
+/// Size of the segments a large object is fetched in, from one or several
+/// daemons at once.
+pub const SEGMENT: u64 = 1 << 20;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]

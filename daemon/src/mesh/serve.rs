@@ -20,6 +20,7 @@ use libp2p::PeerId;
 use proxymesh::membership::Gate;
 use proxymesh::OwnerCap;
 
+use super::copies::{self, Bits, Copies, Holders, Partial};
 use super::members::Dropper;
 use super::protocol::{
     read_into, read_request, write_response, FrameError, RemoteName, Request, Response, CHUNK,
@@ -63,6 +64,11 @@ pub struct Server {
     pub config: ServeConfig,
     /// Bytes served per peer (shared with the fetcher, for `status`).
     pub traffic: Arc<Traffic>,
+    /// The copies this daemon is fetching (shared with the fetcher), served
+    /// segment by segment as they arrive.
+    pub copies: Arc<Copies>,
+    /// Who asked for each of our objects lately.
+    pub holders: Holders,
 }
 
 impl Server {
@@ -79,6 +85,8 @@ impl Server {
             dropper,
             config,
             traffic: Arc::default(),
+            copies: Arc::default(),
+            holders: Holders::default(),
         }
     }
 }
@@ -209,6 +217,88 @@ where
     let config = server.config;
     let (objects, caller) = (&*server.objects, Caller::Member(peer));
     match request {
+        Request::Get {
+            name: name @ RemoteName::Copy { .. },
+            offset,
+            len,
+        } if partial(server, &name).is_some() => {
+            let p = partial(server, &name).expect("checked");
+            let Some(len) = fits(p.size, offset, len) else {
+                write_frame(stream, &out_of_range(p.size, offset, len), config).await?;
+                return flushed(stream, config).await;
+            };
+            if !p.holds(offset, len) {
+                // Not here yet: the requester looks elsewhere.
+                write_frame(stream, &Response::NotFound, config).await?;
+                return flushed(stream, config).await;
+            }
+            let header = Response::Object {
+                size: p.size,
+                hash: *p.hash.as_bytes(),
+                offset,
+                len,
+            };
+            write_frame(stream, &header, config).await?;
+            send_encoded(peer, stream, Source::Partial(p), &name, offset, len, server).await?;
+            flushed(stream, config).await
+        }
+        Request::Open { name, max } => {
+            let reader = match objects.read(caller, &name).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(%peer, %name, error = %e, "open refused or missing");
+                    write_frame(stream, &refusal(e), config).await?;
+                    return flushed(stream, config).await;
+                }
+            };
+            let meta = reader.meta().clone();
+            let holders = match &name {
+                RemoteName::Native(id) => server.holders.record(*id, peer),
+                _ => Vec::new(),
+            };
+            let len = max.min(meta.size);
+            let header = Response::Opened {
+                size: meta.size,
+                hash: *meta.hash.as_bytes(),
+                len,
+                holders,
+            };
+            write_frame(stream, &header, config).await?;
+            send_encoded(peer, stream, Source::Stored(reader), &name, 0, len, server).await?;
+            flushed(stream, config).await
+        }
+        Request::Have { name } => {
+            let answer = if let Some(p) = partial(server, &name) {
+                let (have, fetching) = p.bits();
+                Response::Have {
+                    size: p.size,
+                    hash: *p.hash.as_bytes(),
+                    have: have.as_bytes().to_vec(),
+                    fetching: fetching.as_bytes().to_vec(),
+                    holders: Vec::new(),
+                }
+            } else {
+                match objects.meta(caller, &name) {
+                    Ok(Some(meta)) => {
+                        let n = copies::segments(meta.size);
+                        Response::Have {
+                            size: meta.size,
+                            hash: *meta.hash.as_bytes(),
+                            have: Bits::full(n).as_bytes().to_vec(),
+                            fetching: Bits::new(n).as_bytes().to_vec(),
+                            holders: match &name {
+                                RemoteName::Native(id) => server.holders.record(*id, peer),
+                                _ => Vec::new(),
+                            },
+                        }
+                    }
+                    Ok(None) => Response::NotFound,
+                    Err(e) => refusal(e),
+                }
+            };
+            write_frame(stream, &answer, config).await?;
+            flushed(stream, config).await
+        }
         Request::Get { name, offset, len } => {
             let reader = match objects.read(caller, &name).await {
                 Ok(r) => r,
@@ -270,6 +360,40 @@ fn evicted(result: Result<bool, ServiceError>) -> Response {
     }
 }
 
+/// Bytes `offset..offset + len` (`len: None` = to the end) of an object of
+/// `size` bytes, if they are in it: the length.
+fn fits(size: u64, offset: u64, len: Option<u64>) -> Option<u64> {
+    match len {
+        _ if offset > size => None,
+        None => Some(size - offset),
+        Some(l) if l <= size - offset => Some(l),
+        Some(_) => None,
+    }
+}
+
+fn out_of_range(size: u64, offset: u64, len: Option<u64>) -> Response {
+    let asked = len.map_or("the rest".to_string(), |l| format!("{l} bytes"));
+    Response::Refused(format!(
+        "range of {asked} from byte {offset} is outside the object's {size} bytes"
+    ))
+}
+
+/// This daemon's partial copy that `name` names, if it is fetching one.
+fn partial(server: &Server, name: &RemoteName) -> Option<Arc<Partial>> {
+    let RemoteName::Copy { producer, id } = name else {
+        return None;
+    };
+    server.copies.get(&(*producer, *id)).map(|p| Arc::clone(&p))
+}
+
+/// Where a range is sent from.
+enum Source {
+    /// A stored object (ours, or a whole cached copy).
+    Stored(ObjectReader),
+    /// A copy still arriving (only segments it holds are asked for).
+    Partial(Arc<Partial>),
+}
+
 async fn serve_get<S>(
     peer: PeerId,
     stream: &mut S,
@@ -285,17 +409,8 @@ where
     let config = server.config;
     let meta = reader.meta().clone();
     let size = meta.size;
-    let fits = match len {
-        _ if offset > size => None,
-        None => Some(size - offset),
-        Some(l) if l <= size - offset => Some(l),
-        Some(_) => None,
-    };
-    let Some(len) = fits else {
-        let asked = len.map_or("the rest".to_string(), |l| format!("{l} bytes"));
-        let why =
-            format!("range of {asked} from byte {offset} is outside the object's {size} bytes");
-        return write_frame(stream, &Response::Refused(why), config).await;
+    let Some(len) = fits(size, offset, len) else {
+        return write_frame(stream, &out_of_range(size, offset, len), config).await;
     };
     let header = Response::Object {
         size,
@@ -304,24 +419,57 @@ where
         len,
     };
     write_frame(stream, &header, config).await?;
+    send_encoded(
+        peer,
+        stream,
+        Source::Stored(reader),
+        name,
+        offset,
+        len,
+        server,
+    )
+    .await
+}
+
+/// Send the verified encoding of bytes `offset..offset + len` from `source`.
+async fn send_encoded<S>(
+    peer: PeerId,
+    stream: &mut S,
+    source: Source,
+    name: &RemoteName,
+    offset: u64,
+    len: u64,
+    server: &Server,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = server.config;
     let started = std::time::Instant::now();
-    let sent = match reader {
-        // Small: encoded here, no task hand-off.
-        ObjectReader::Memory { ref data, .. } if len <= ENCODE_INLINE => {
+    if let Source::Stored(ObjectReader::Memory { ref data, .. }) = source {
+        if len <= ENCODE_INLINE {
+            // Small: encoded here, no task hand-off.
+            let Source::Stored(reader) = &source else {
+                unreachable!()
+            };
             let mut out = Vec::with_capacity(len as usize + 1024);
             let outboard = reader.outboard()?;
             encode_range(Data::Memory(data), &outboard, offset, len, &mut out)?;
             send(stream, &out, config).await?;
-            out.len() as u64
+            server.traffic.served(peer, out.len() as u64);
+            tracing::debug!(%peer, %name, offset, len, sent = out.len(), elapsed = ?started.elapsed(), "served");
+            return Ok(());
         }
-        reader => {
-            // Encoded by a blocking task (file reads, hashing of nothing:
-            // the requester checks), a few chunks ahead of the network.
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(ENCODE_AHEAD);
-            let what = name.clone();
-            let encoder = tokio::task::spawn_blocking(move || -> io::Result<()> {
+    }
+    // Encoded by a blocking task (file reads; no hashing: the requester
+    // checks), a few chunks ahead of the network.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(ENCODE_AHEAD);
+    let what = name.clone();
+    let encoder = tokio::task::spawn_blocking(move || -> io::Result<()> {
+        let mut out = ChunkSender::new(tx);
+        match source {
+            Source::Stored(reader) => {
                 let outboard = reader.outboard()?;
-                let mut out = ChunkSender::new(tx);
                 match reader {
                     ObjectReader::Memory { data, .. } => {
                         encode_range(Data::Memory(&data), &outboard, offset, len, &mut out)?
@@ -333,22 +481,22 @@ where
                         )?
                     }
                 }
-                io::Write::flush(&mut out)
-            });
-            let mut sent = 0u64;
-            while let Some(piece) = rx.recv().await {
-                send(stream, &piece, config).await?;
-                sent += piece.len() as u64;
-                server.traffic.served(peer, piece.len() as u64);
             }
-            // The encoder's error, if it stopped early (the requester sees a
-            // short body and resumes or fails).
-            encoder.await.map_err(io::Error::other)??;
-            tracing::debug!(%peer, %name, offset, len, sent, elapsed = ?started.elapsed(), "served");
-            return Ok(());
+            Source::Partial(p) => {
+                encode_range(Data::File(&p.file), &p.outboard(), offset, len, &mut out)?
+            }
         }
-    };
-    server.traffic.served(peer, sent);
+        io::Write::flush(&mut out)
+    });
+    let mut sent = 0u64;
+    while let Some(piece) = rx.recv().await {
+        send(stream, &piece, config).await?;
+        sent += piece.len() as u64;
+        server.traffic.served(peer, piece.len() as u64);
+    }
+    // The encoder's error, if it stopped early (the requester sees a short
+    // body and resumes or fails).
+    encoder.await.map_err(io::Error::other)??;
     tracing::debug!(%peer, %name, offset, len, sent, elapsed = ?started.elapsed(), "served");
     Ok(())
 }

@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 
 use bao_tree::iter::{BaoChunk, ResponseIter};
+use bao_tree::TreeNode;
 use blake3::hazmat::{
     merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
 };
@@ -28,8 +29,9 @@ pub enum Step {
     /// Verified bytes of the range, starting at this object offset (already
     /// cut to the range asked for; may be empty at the range's edges).
     Data(u64, Bytes),
-    /// A parent was checked; call again.
-    Parent,
+    /// A parent (its node and hash pair, as the outboard keeps it) was
+    /// checked; call again.
+    Parent(TreeNode, [u8; 64]),
     /// The whole range arrived and checked.
     Done,
 }
@@ -143,7 +145,7 @@ impl RangeDecoder {
                     return Ok(Step::NeedMore(64));
                 }
                 self.queued -= 64;
-                let raw = buf.split_to(64);
+                let raw: [u8; 64] = buf.split_to(64)[..].try_into().expect("64 bytes");
                 self.consumed += 64;
                 let l: ChainingValue = raw[..32].try_into().expect("32 bytes");
                 let r: ChainingValue = raw[32..].try_into().expect("32 bytes");
@@ -165,7 +167,7 @@ impl RangeDecoder {
                     self.stack.push(l.into());
                 }
                 self.refill();
-                Ok(Step::Parent)
+                Ok(Step::Parent(node, raw))
             }
             BaoChunk::Leaf {
                 start_chunk,
@@ -273,7 +275,7 @@ mod tests {
                     next_at += data.len() as u64;
                     out.extend_from_slice(&data);
                 }
-                Ok(Step::Parent) => {}
+                Ok(Step::Parent(..)) => {}
                 Ok(Step::Done) => {
                     assert_eq!(fed, enc.len(), "every encoded byte used");
                     assert!(buf.is_empty());

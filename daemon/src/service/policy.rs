@@ -105,6 +105,15 @@ pub fn authorize(
             "a daemon serves only the objects it holds; it does not act on other sites for a peer"
                 .into(),
         )),
+        // Our copies of other daemons' objects: members read them (as they
+        // may read the original); only this daemon changes its cache.
+        (Caller::Member(_), Where::Here) if matches!(name, RemoteName::Copy { .. }) => match action
+        {
+            Read => Ok(Grant::Yes),
+            Write | Evict => Err(Refusal::Forbidden(
+                "a daemon's copies of other daemons' objects are read-only to members".into(),
+            )),
+        },
         (Caller::Member(_), Where::Here) => match action {
             Read => Ok(Grant::Yes),
             Write if native => Err(Refusal::Forbidden(
@@ -167,6 +176,14 @@ mod tests {
         );
         assert_eq!(authorize(member, Evict, &native, Here), Ok(Grant::IfOwner));
         assert_eq!(authorize(member, Evict, &key, Here), Ok(Grant::Yes));
+        // Our copies of other daemons' objects: read-only to members.
+        let copy = RemoteName::Copy {
+            producer: PeerId::random(),
+            id: ObjectId::random(),
+        };
+        assert_eq!(authorize(member, Read, &copy, Here), Ok(Grant::Yes));
+        assert!(forbidden(authorize(member, Write, &copy, Here)));
+        assert!(forbidden(authorize(member, Evict, &copy, Here)));
 
         // A member never makes this daemon act on another site.
         for action in [Read, Write, Evict] {

@@ -27,6 +27,7 @@ mod name;
 pub mod outboard;
 mod persist;
 mod reader;
+mod sparse;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -48,6 +49,7 @@ use index::{Entry, Index};
 use layout::{clear_dir, Layout};
 
 pub use name::BadObjectName;
+pub use sparse::SparseObject;
 pub use writer::ObjectWriter;
 
 /// The name an object is stored under. Native objects use 128-bit IDs;

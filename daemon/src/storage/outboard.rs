@@ -18,6 +18,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
+use std::sync::{Arc, RwLock};
 
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges, TreeNode};
 use blake3::hazmat::{
@@ -166,6 +167,8 @@ impl OutboardBuilder {
 enum Pairs {
     Memory(Bytes),
     File(File),
+    /// Filled in as they arrive (a partial copy's).
+    Shared(Arc<RwLock<Vec<u8>>>),
 }
 
 /// A stored object's outboard, for serving verified ranges.
@@ -183,6 +186,16 @@ impl Outboard {
             root,
             tree: tree(size),
             pairs: Pairs::Memory(pairs),
+        }
+    }
+
+    /// The outboard of a copy still arriving: `pairs` (as long as the tree
+    /// needs) is filled in as they arrive.
+    pub fn shared(root: blake3::Hash, size: u64, pairs: Arc<RwLock<Vec<u8>>>) -> Self {
+        Self {
+            root,
+            tree: tree(size),
+            pairs: Pairs::Shared(pairs),
         }
     }
 
@@ -230,6 +243,13 @@ impl bao_tree::io::sync::Outboard for Outboard {
                 pair.copy_from_slice(src);
             }
             Pairs::File(f) => f.read_exact_at(&mut pair, at)?,
+            Pairs::Shared(p) => {
+                let p = p.read().expect("pairs");
+                let src = p
+                    .get(at as usize..at as usize + 64)
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+                pair.copy_from_slice(src);
+            }
         }
         let l: [u8; 32] = pair[..32].try_into().expect("32 bytes");
         let r: [u8; 32] = pair[32..].try_into().expect("32 bytes");

@@ -1177,7 +1177,7 @@ async fn outboards_are_kept_as_objects_are_put_and_prove_any_range() {
             loop {
                 match dec.next(&mut buf).unwrap() {
                     Step::Data(_, d) => got.extend_from_slice(&d),
-                    Step::Parent => {}
+                    Step::Parent(..) => {}
                     Step::Done => break,
                     Step::NeedMore(n) => panic!("encoding short by {n}"),
                 }
