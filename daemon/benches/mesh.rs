@@ -341,4 +341,59 @@ async fn bench(quick: bool) {
         a.peak_rss() >> 20,
         b.peak_rss() >> 20
     );
+
+    // Many sites want one object at once: each fetches from every site that
+    // has segments of it, and the producer sends it about once.
+    let sites = 6;
+    let size: u64 = if quick { 64 << 20 } else { 256 << 20 };
+    println!(
+        "-- fan-out: {sites} sites fetch one {} MiB object from A at once --",
+        size >> 20
+    );
+    let others: Vec<DaemonProcess> = (0..sites).map(|_| mesh_daemon(&relay, &mesh)).collect();
+    let served = |d: &DaemonProcess| -> u64 {
+        proxymesh_suite::http(&d.api, "GET", "/v1/status", &[], b"").json()["mesh"]["traffic"]
+            .as_array()
+            .map_or(0, |t| {
+                t.iter()
+                    .map(|p| p["served_bytes"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+    };
+    let before = served(&a);
+    let key = at_a
+        .put_stream_with_len(stream_of(size, 9), size)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let gets: Vec<_> = others
+        .iter()
+        .map(|d| {
+            let conn = DaemonConnector::new(&d.api).unwrap();
+            let key = key.clone();
+            tokio::spawn(async move { drain(&conn, &key).await })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for g in gets {
+        let (n, d) = g.await.unwrap();
+        assert_eq!(n, size);
+        slowest = slowest.max(d);
+    }
+    let wall = t.elapsed();
+    let uploaded = served(&a) - before;
+    let among: u64 = others.iter().map(served).sum();
+    println!(
+        "producer uploaded {:.2}x the object (one fetch each from A alone: {sites}x); sites served each other {:.2}x",
+        uploaded as f64 / size as f64,
+        among as f64 / size as f64
+    );
+    println!(
+        "all {sites} done in {:.2} s ({:.0} MiB/s delivered in all, slowest site {:.2} s); peak RSS: A {} MiB, sites max {} MiB",
+        wall.as_secs_f64(),
+        mibps(size * sites as u64, wall),
+        slowest.as_secs_f64(),
+        a.peak_rss() >> 20,
+        others.iter().map(|d| d.peak_rss()).max().unwrap_or(0) >> 20
+    );
 }

@@ -2,7 +2,7 @@
 //! they can be served to others while they arrive, and who holds what.
 //!
 //! - [`Partial`]: an object being fetched in [`SEGMENT`]s (from several
-//!   daemons at once, see [`swarm`](super::swarm)) into a sparse file, with
+//!   daemons at once, see [`fetcher`](super::fetcher)) into a sparse file, with
 //!   the bitfields of the segments it has verified and is fetching, and the
 //!   hash pairs that arrived with them. Every segment it has can be served
 //!   as a verified range: the pairs that proved it are the pairs that prove

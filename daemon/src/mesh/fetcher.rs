@@ -2,9 +2,13 @@
 //!
 //! A [`Fetcher::get`] of a native object first looks for this daemon's
 //! cached copy (stored as [`ObjectName::Remote`]). Otherwise it opens a
-//! stream through the [`StreamOpener`], sends a get, and returns
-//! [`Fetched::Streaming`] as soon as the answer's header arrives. A task
-//! then moves the bytes: it reads them from the network (an idle timeout on
+//! stream through the [`StreamOpener`], sends `Open` (the first segment,
+//! and who else fetches the object), and returns [`Fetched::Streaming`] as
+//! soon as the answer's header arrives. An object over one segment is then
+//! fetched from every source at once by the swarm engine (`swarm.rs`:
+//! segments into a sparse file served to others as it fills, each a
+//! verified range). A smaller one, or a ProxyStore key (fetched with one
+//! get), is moved by a task: it reads the bytes from the network (an idle timeout on
 //! every read), checks size and BLAKE3 as they arrive, writes them into a
 //! storage writer for the cache and passes them through a bounded channel to
 //! the returned body. The pipeline holds a few chunks at most; a slow reader
@@ -17,11 +21,12 @@
 //! peer when there is one ([`pool`](super::pool)), so a warm small get is
 //! one request/response round trip.
 //!
-//! - **Verification**: the last chunk is released only after the hash
-//!   matched, so a corrupt or truncated transfer always ends the body with an
-//!   `io::Error` naming the peer and object, and the cache writer is dropped
-//!   (nothing visible). On success the cached copy is committed before the
-//!   body ends.
+//! - **Verification**: every 16 KiB chunk group is checked against the
+//!   object's hash before a byte of it is released ([`verified`](super::verified)),
+//!   so a corrupt or truncated transfer ends the body with an `io::Error`
+//!   naming the peer and object before any wrong byte, and the cache writer
+//!   is dropped (nothing visible). On success the cached copy is committed
+//!   before the body ends.
 //! - **Cache**: cached copies are tracked in an LRU with their sizes; when
 //!   their total exceeds [`FetchConfig::cache_cap`] the least recently used
 //!   are evicted from storage. Objects larger than the cap are not cached.

@@ -12,6 +12,14 @@
 //! | `Evict { name }`       | `Evicted(bool)`, or `Refused` for a native object (evicting one needs its owner capability) |
 //! | `Put { name, size }` + `size` raw bytes | `Stored { size, hash }` or `Refused` |
 //! | `EvictOwned { name, owner }` | `Evicted(bool)`, or `Refused` if `owner` is not the object's owner capability |
+//! | `Open { name, max }`   | `Opened { size, hash, len, holders }` + the verified encoding of bytes `0..len`: the first request of a fetch |
+//! | `Have { name }`        | `Have { size, hash, have, fetching, holders }`: bitfields over the object's [`SEGMENT`]s |
+//!
+//! A name is a native object, a ProxyStore key, or `Copy { producer, id }`:
+//! the serving daemon's copy of another daemon's object (cached, or still
+//! arriving, segment by segment; read-only). A stream from a peer that has
+//! not proved its membership is answered `NotMember` (it proves it and asks
+//! again).
 //!
 //! A get's bytes are BLAKE3 verified streaming (bao, in `bao-tree`'s
 //! format, 16 KiB chunk groups): the chunk groups covering the range, each
