@@ -271,3 +271,77 @@ fn six_daemons_fetching_one_object_at_once_share_it_and_the_producer_sends_it_ab
         assert_eq!(status(s)["objects"], 1, "each site keeps its verified copy");
     }
 }
+
+/// Issue 8's memory bar, measured (not a test of behaviour; run in release:
+/// `cargo test --release -p proxymesh-suite --test bulk -- --ignored --nocapture`):
+/// a 4 GiB object fetched by two sites at once, each from the producer and
+/// from the other, with every daemon's peak RSS.
+#[test]
+#[ignore = "measurement: 4 GiB, ~12 GiB of disk; run in release with --ignored --nocapture"]
+fn four_gib_from_several_sources_in_bounded_memory() {
+    use futures::{StreamExt, TryStreamExt};
+    use proxymesh::Connector;
+    let relay = RelayProcess::start(&[]);
+    let a = relay.start_daemon(&[]);
+    let sites: Vec<DaemonProcess> = (0..2).map(|_| relay.start_daemon(&[])).collect();
+    wait_reserved(&a);
+    for s in &sites {
+        wait_reserved(s);
+    }
+    let size: u64 = 4 << 30;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = rt.block_on(async {
+        let chunk = bytes::Bytes::from(proxymesh::testing::pattern(1 << 20, 24).to_vec());
+        let stream = futures::stream::iter((0..size >> 20).map(move |_| Ok(chunk.clone()))).boxed();
+        proxymesh::DaemonConnector::new(&a.api)
+            .unwrap()
+            .put_stream_with_len(stream, size)
+            .await
+            .unwrap()
+    });
+    let t = std::time::Instant::now();
+    let got: Vec<u64> = rt.block_on(async {
+        let gets: Vec<_> = sites
+            .iter()
+            .map(|s| {
+                let conn = proxymesh::DaemonConnector::new(&s.api).unwrap();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    let mut body = conn.get_stream(&key).await.unwrap().unwrap();
+                    let mut n = 0u64;
+                    while let Some(c) = body.try_next().await.unwrap() {
+                        n += c.len() as u64;
+                    }
+                    n
+                })
+            })
+            .collect();
+        futures::future::join_all(gets)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    });
+    let secs = t.elapsed().as_secs_f64();
+    assert!(got.iter().all(|&n| n == size), "{got:?}");
+    let uploaded: u64 = status(&a)["mesh"]["traffic"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["served_bytes"].as_u64().unwrap())
+        .sum();
+    eprintln!(
+        "4 GiB to 2 sites at once in {secs:.1} s; A uploaded {:.2}x; peak RSS: A {} MiB, sites {} / {} MiB",
+        uploaded as f64 / size as f64,
+        a.peak_rss() >> 20,
+        sites[0].peak_rss() >> 20,
+        sites[1].peak_rss() >> 20
+    );
+    for d in std::iter::once(&a).chain(&sites) {
+        assert!(
+            d.peak_rss() < 256 << 20,
+            "peak RSS {} MiB",
+            d.peak_rss() >> 20
+        );
+    }
+}

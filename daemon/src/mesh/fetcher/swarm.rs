@@ -577,8 +577,8 @@ impl Engine {
     fn start_segment(&mut self, source: usize, seg: u64) {
         let s = &mut self.sources[source];
         s.inflight += 1;
-        let peer = s.peer;
-        let name = if s.producer {
+        let (peer, producer) = (s.peer, s.producer);
+        let name = if producer {
             RemoteName::Native(self.id)
         } else {
             RemoteName::Copy {
@@ -594,8 +594,10 @@ impl Engine {
         let addrs = self.addrs_of(peer);
         let fetcher = self.fetcher.clone();
         let partial = Arc::clone(&self.shared.partial);
+        // The producer's paths are the transfer's (status shows them).
+        let record = producer.then(|| Arc::clone(&self.record));
         self.jobs.spawn(async move {
-            let result = fetch_segment(&fetcher, peer, &addrs, &name, &partial, seg).await;
+            let result = fetch_segment(&fetcher, peer, &addrs, &name, &partial, seg, record).await;
             Job::Segment {
                 source,
                 seg,
@@ -737,6 +739,7 @@ async fn fetch_segment(
     name: &RemoteName,
     partial: &Arc<Partial>,
     seg: u64,
+    record: Option<Arc<Transfer>>,
 ) -> Result<(), MeshError> {
     let (offset, len) = segment_range(partial.size, seg);
     let mut timeouts = fetcher.timeouts();
@@ -749,6 +752,12 @@ async fn fetch_segment(
             client::get(stream, peer, name, offset, Some(len), timeouts)
         })
         .await?;
+    if let Some(record) = record {
+        let mut paths = record.paths.lock().expect("transfer lock");
+        if paths.last() != Some(&path) {
+            paths.push(path);
+        }
+    }
     // A holder proves its bytes against the hash we trust, not its own.
     if body.hash() != partial.hash || body.size() != partial.size {
         return Err(MeshError::Corrupt {
