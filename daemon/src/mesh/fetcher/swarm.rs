@@ -314,7 +314,6 @@ impl Engine {
             }
         });
         let result = self.fetch_all().await;
-        self.fetcher.inner.copies.remove(&(self.producer, self.id));
         let outcome = match result {
             Ok(()) => {
                 let secs = started.elapsed().as_secs_f64();
@@ -369,6 +368,9 @@ impl Engine {
                 Outcome::Failed(Arc::new(e))
             }
         };
+        // Only now: until the cached copy was committed, the partial one
+        // serves the other daemons.
+        self.fetcher.inner.copies.remove(&(self.producer, self.id));
         if let Some(l) = leader {
             l.complete(outcome);
         }
