@@ -223,6 +223,10 @@ where
             len,
         } if partial(server, &name).is_some() => {
             let p = partial(server, &name).expect("checked");
+            if let Err(e) = objects.may_read(caller, &name) {
+                write_frame(stream, &refusal(e), config).await?;
+                return flushed(stream, config).await;
+            }
             let Some(len) = fits(p.size, offset, len) else {
                 write_frame(stream, &out_of_range(p.size, offset, len), config).await?;
                 return flushed(stream, config).await;
@@ -268,7 +272,8 @@ where
             flushed(stream, config).await
         }
         Request::Have { name } => {
-            let answer = if let Some(p) = partial(server, &name) {
+            let copy = partial(server, &name).filter(|_| objects.may_read(caller, &name).is_ok());
+            let answer = if let Some(p) = copy {
                 let (have, fetching) = p.bits();
                 Response::Have {
                     size: p.size,

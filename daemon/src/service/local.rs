@@ -58,6 +58,12 @@ impl LocalObjects {
             .ok_or_else(|| Error::NotFound(name.to_string()))
     }
 
+    /// Whether `caller` may read `name` (for copies served from outside
+    /// storage, such as one still arriving).
+    pub fn may_read(&self, caller: Caller, name: &RemoteName) -> Result<(), Error> {
+        self.allow(caller, Action::Read, name).map(drop)
+    }
+
     /// Size and hash of `name`, if held.
     pub fn meta(&self, caller: Caller, name: &RemoteName) -> Result<Option<ObjectMeta>, Error> {
         self.allow(caller, Action::Read, name)?;

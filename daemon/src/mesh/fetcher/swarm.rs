@@ -293,6 +293,7 @@ impl Engine {
         // Segment 0 is arriving on the answer to `Open`.
         self.partial().mark_fetching(0, true);
         self.sources[0].inflight += 1;
+        self.started.insert(0, (Instant::now(), false));
         let (inner, partial) = (
             Arc::clone(&self.fetcher.inner),
             Arc::clone(&self.shared.partial),
@@ -387,18 +388,6 @@ impl Engine {
         loop {
             if self.partial().bits().0.count() == n {
                 return Ok(());
-            }
-            if !self
-                .fetcher
-                .inner
-                .copies
-                .contains_key(&(self.producer, self.id))
-            {
-                // Cannot happen while we run; keep the registry honest.
-                self.fetcher
-                    .inner
-                    .copies
-                    .insert((self.producer, self.id), Arc::clone(&self.shared.partial));
             }
             if self.shared.reader_gone.load(Ordering::Relaxed)
                 && self.fetcher.inner.config.cache_cap < self.partial().size
