@@ -75,8 +75,11 @@ const RESUME_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long a transfer whose relayed stream ended waits for a direct path
 /// to show before it resumes on whatever there is.
 const DIRECT_GRACE: Duration = Duration::from_secs(2);
-/// Times one request is made before its stream's failure is reported.
-const ASK_ATTEMPTS: u32 = 3;
+/// Times one request is made before its stream's failure is reported (a
+/// peer that cannot be reached fails at once, when no stream opens; these
+/// are streams that opened and then closed, as relayed connections do when
+/// a punched one replaces them, which many at once can make happen again).
+const ASK_ATTEMPTS: u32 = 6;
 /// Pause before asking again after a stream failed (times the attempt).
 const ASK_PAUSE: Duration = Duration::from_millis(100);
 /// Transfers kept in [`Fetcher::recent`].
