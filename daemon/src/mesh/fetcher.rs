@@ -208,6 +208,16 @@ struct Transfer {
 }
 
 impl Transfer {
+    /// The path carrying its bytes now (the last one it took).
+    fn path(&self) -> PathInfo {
+        *self
+            .paths
+            .lock()
+            .expect("transfer lock")
+            .last()
+            .expect("a transfer has a path")
+    }
+
     fn status(&self) -> proxymesh::api::TransferStatus {
         let ended = self.ended.lock().expect("transfer lock").clone();
         let (state, secs) = match ended {
@@ -833,13 +843,7 @@ impl Pump {
     async fn run(mut self) {
         let started = Instant::now();
         let outcome = loop {
-            let current = *self
-                .record
-                .paths
-                .lock()
-                .expect("transfer lock")
-                .last()
-                .expect("a path");
+            let current = self.record.path();
             let opener = Arc::clone(&self.inner.opener);
             let (peer, may_move) = (self.peer, self.moves < MAX_MOVES);
             let better = async move {
@@ -1008,9 +1012,7 @@ impl Pump {
     /// peer (before the reader sees the end, so its next request finds it).
     fn reuse_stream(&mut self) {
         if let Some(stream) = self.body.take_reusable() {
-            let paths = self.record.paths.lock().expect("transfer lock");
-            let path = *paths.last().expect("a path");
-            self.inner.pool.give(self.peer, stream, path);
+            self.inner.pool.give(self.peer, stream, self.record.path());
         }
     }
 
@@ -1042,13 +1044,7 @@ impl Pump {
         // A relayed stream that ended is most often its connection closing
         // for a direct one the peer saw first: give ours a moment to show,
         // rather than resume on the closing connection.
-        let current = *self
-            .record
-            .paths
-            .lock()
-            .expect("transfer lock")
-            .last()
-            .expect("a path");
+        let current = self.record.path();
         if self.body.broke() == Some(client::Break::Lost) && current.path == Path::Relayed {
             let _ =
                 tokio::time::timeout(DIRECT_GRACE, opener.better_path(self.peer, current)).await;

@@ -299,13 +299,7 @@ impl Engine {
             Arc::clone(&self.shared.partial),
         );
         let producer = self.producer;
-        let path = *self
-            .record
-            .paths
-            .lock()
-            .expect("transfer lock")
-            .last()
-            .expect("a path");
+        let path = self.record.path();
         self.jobs.spawn(async move {
             let result = receive(&inner, producer, path, first, &partial, 0).await;
             Job::Segment {
