@@ -7,6 +7,8 @@
 //! peak memory, stop it; a throw-away mesh authority ([`TestMesh`]) whose
 //! relays and daemons admit only the members it issued credentials to.
 
+pub mod natlab;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,12 +1,11 @@
-//! Smoke tests of the NAT lab itself (see `tests/natlab/mod.rs`): the rig
+//! Smoke tests of the NAT lab itself (see `src/natlab/`) and its `natlab`
+//! command: the rig
 //! routes what it should and nothing else, its NATs behave as their names
 //! say when observed from the public side, and it leaves nothing behind.
 //!
 //! Programs inside the lab's namespaces are this test binary, re-run on its
 //! ignored `echo_child` / `probe_child` tests with their parameters in
 //! environment variables, so no extra tools are needed.
-
-mod natlab;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,7 +14,7 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use natlab::{leftovers, Host, Lab, LabChild, Nat};
+use proxymesh_suite::natlab::{leftovers, within_namespace, Host, Lab, LabChild, Nat};
 
 /// `udp:PORT,tcp:PORT,...`: what `echo_child` serves.
 const ECHO_ENV: &str = "NATLAB_ECHO";
@@ -485,4 +484,134 @@ fn lab_leaves_nothing_behind_even_when_the_test_panics() {
         exited(&mut echo.expect("echo started")),
         "the panicking lab did not kill its echo process"
     );
+}
+
+/// A port forward opens exactly that port of a site to the public segment.
+#[test]
+fn a_forwarded_port_reaches_the_site_host_and_only_that_port() {
+    let Some(lab) = Lab::new(Nat::EndpointIndependent, Nat::EndpointIndependent) else {
+        return;
+    };
+    let _echo = start_echo(&lab, Host::B, &format!("udp:{UDP_PORT_1},udp:{UDP_PORT_2}"));
+    lab.forward_port(Host::B, "udp", UDP_PORT_1);
+    let forwarded = at(lab.public_ip(Host::B), UDP_PORT_1);
+    let closed = at(lab.public_ip(Host::B), UDP_PORT_2);
+    let p = probe(&lab, Host::Relay, "udp", &[&forwarded, &closed]);
+    assert_eq!(
+        p.observed(&forwarded).ip().to_string(),
+        lab.relay_ip(),
+        "the site host sees the relay's own address through a forward"
+    );
+    p.no_reply(&closed);
+}
+
+/// `natlab up` builds a lab with the link asked for and keeps it until
+/// `natlab down`, which leaves nothing behind; bad settings are refused
+/// with a clear message.
+#[test]
+fn natlab_command_brings_a_delayed_lab_up_and_down() {
+    if !proxymesh_suite::require_root("the natlab command") {
+        return;
+    }
+    let natlab = env!("CARGO_BIN_EXE_natlab");
+    let bad = std::process::Command::new(natlab)
+        .args(["up", "cone", "--rtt", "fast"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("e.g. 200ms"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    let name = format!("t{}", std::process::id() % 1_000_000);
+    let mut up = std::process::Command::new(natlab)
+        .args(["up", "cone,symmetric", "--rtt", "80ms", "--rate", "100mbit"])
+        .args(["--forward", "7003", "--name", &name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(up.id());
+    let mut banner = String::new();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("takes it down") {
+            break;
+        }
+    }
+    assert!(banner.contains("RTT 80ms"), "{banner}");
+    assert!(
+        banner.contains(&format!("ip netns exec {name}-ha")),
+        "{banner}"
+    );
+    assert_eq!(leftovers(&format!("{name}-")).len(), 6, "{banner}");
+
+    // A site and the relay are half the RTT apart, through the delay line.
+    let echo = within_namespace(&format!("{name}-relay"), || {
+        UdpSocket::bind("0.0.0.0:7004").unwrap()
+    });
+    let echoing = std::thread::spawn(move || {
+        echo.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            if echo.send_to(&buf[..n], from).is_err() || &buf[..n] == b"bye" {
+                break;
+            }
+        }
+    });
+    let least = within_namespace(&format!("{name}-ha"), || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect("10.99.0.1:7004").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 64];
+        let least = (0..3u8)
+            .map(|i| {
+                let t = std::time::Instant::now();
+                s.send(&[i]).unwrap();
+                s.recv(&mut buf)
+                    .expect("an echo through the delayed router");
+                t.elapsed()
+            })
+            .min()
+            .unwrap();
+        let _ = s.send(b"bye");
+        least
+    });
+    echoing.join().unwrap();
+    assert!(
+        least >= Duration::from_millis(39) && least < Duration::from_secs(5),
+        "a site is RTT/2 = 40 ms from the relay; measured {least:?}"
+    );
+
+    let down = std::process::Command::new(natlab)
+        .args(["down", "--name", &name])
+        .output()
+        .unwrap();
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let status = up.wait().unwrap();
+    assert!(status.success(), "natlab up ended with {status}");
+    std::mem::forget(guard);
+    assert_eq!(leftovers(&format!("{name}-")), Vec::<String>::new());
+}
+
+/// Kills a process (by pid) when dropped: a failed assertion must not
+/// leave `natlab up` holding its lab.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the child this test started.
+        unsafe { libc::kill(self.0 as i32, libc::SIGTERM) };
+    }
 }

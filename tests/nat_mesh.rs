@@ -14,12 +14,10 @@
 //!
 //! Needs root: fails in CI without it, skips with a reason elsewhere.
 
-mod natlab;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use natlab::{Host, Lab, Link, Nat};
+use proxymesh_suite::natlab::{Host, Lab, Link, Nat};
 use proxymesh_suite::{bin_path, http, wait_until, DaemonProcess, RelayProcess};
 
 const API: &str = "127.0.0.1:7878";
@@ -326,7 +324,7 @@ fn direct_path(lab: &Lab, op: &str) {
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", &ns, "iptables", "-w", op, "FORWARD"])
             .args(if op == "-I" { vec!["1"] } else { vec![] })
-            .args([dir, natlab::ROUTER_A_WAN_IP, "-j", "DROP"])
+            .args([dir, proxymesh_suite::natlab::ROUTER_A_WAN_IP, "-j", "DROP"])
             .output()
             .unwrap();
         assert!(

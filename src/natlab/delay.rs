@@ -9,7 +9,7 @@
 //! to a trickle. A packet the line cannot take (its netlink buffer full) is
 //! dropped by the kernel, as a loaded router would.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 const QUEUE_MAX: u32 = 1 << 16;
 /// Bytes of each packet copied to userspace: none are needed.
 const COPY_RANGE: u16 = 16;
+/// The netlink socket's receive buffer: ~2 s of packet notices at 400 Mbit/s.
+const RECV_BUFFER: libc::c_int = 64 << 20;
 /// Longest sleep while nothing arrives.
 const IDLE_POLL: Duration = Duration::from_micros(200);
 
@@ -84,7 +86,27 @@ impl Drop for DelayLine {
 }
 
 fn open(queue: u16) -> std::io::Result<nfq::Queue> {
+    let before = netfilter_sockets();
     let mut q = nfq::Queue::open()?;
+    // The kernel drops a packet it cannot queue to a full socket; the
+    // default 208 KiB buffer holds ~40 ms of a fast link, less than a
+    // descheduled thread on a loaded box may miss. `nfq` does not expose
+    // its descriptor: find it as the netfilter socket that just appeared
+    // (another lab's line opening at the same instant only gains a buffer).
+    for fd in netfilter_sockets().difference(&before) {
+        let size: libc::c_int = RECV_BUFFER;
+        // SAFETY: setsockopt(2) on a descriptor of this process with a
+        // pointer to a live c_int of the length given.
+        unsafe {
+            libc::setsockopt(
+                *fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                std::ptr::from_ref(&size).cast(),
+                std::mem::size_of_val(&size) as libc::socklen_t,
+            )
+        };
+    }
     q.bind(queue)?;
     q.set_queue_max_len(queue, QUEUE_MAX)?;
     q.set_copy_range(queue, COPY_RANGE)?;
@@ -128,4 +150,33 @@ fn run(q: &mut nfq::Queue, delay: Duration, stop: &AtomicBool) -> std::io::Resul
         q.verdict(m)?;
     }
     Ok(())
+}
+
+/// This process's open `AF_NETLINK` sockets of protocol `NETLINK_NETFILTER`.
+fn netfilter_sockets() -> BTreeSet<libc::c_int> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return BTreeSet::new();
+    };
+    let option = |fd: libc::c_int, name: libc::c_int| {
+        let mut v: libc::c_int = -1;
+        let mut len = std::mem::size_of_val(&v) as libc::socklen_t;
+        // SAFETY: getsockopt(2) into a live c_int of the length given; a
+        // descriptor that is not a socket just fails.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                std::ptr::from_mut(&mut v).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(v)
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| {
+            option(fd, libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
+                && option(fd, libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER)
+        })
+        .collect()
 }

@@ -1,7 +1,8 @@
 //! The NAT lab: a relay and two NATed sites built from Linux network
 //! namespaces, so system tests can prove hole punching with real packets.
-//! Needs root (see [`proxymesh_suite::require_root`]). Use it from a test
-//! file as `mod natlab;`.
+//! Needs root (see [`crate::require_root`]). Tests and benches use it as
+//! `proxymesh_suite::natlab`; the `natlab` command brings one up by hand
+//! (`natlab up cone --rtt 200ms --rate 400mbit`).
 //!
 //! ```text
 //!                      <p>-pub  (bridge br0, 10.99.0.0/24)
@@ -41,8 +42,6 @@
 //! kills every process inside its namespaces and deletes them, also when
 //! the test panicked.
 
-#![allow(dead_code)]
-
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};
@@ -81,6 +80,78 @@ pub enum Nat {
     /// [`Nat::EndpointIndependent`], and the router drops all forwarded UDP
     /// (a site that allows only TCP out).
     UdpBlocked,
+}
+
+impl std::str::FromStr for Nat {
+    type Err = String;
+
+    /// `cone` (alias `strict`: endpoint-independent mapping, and only
+    /// replies let in), `symmetric`, `udp-blocked`.
+    fn from_str(s: &str) -> Result<Nat, String> {
+        match s {
+            "cone" | "strict" => Ok(Nat::EndpointIndependent),
+            "symmetric" => Ok(Nat::Symmetric),
+            "udp-blocked" => Ok(Nat::UdpBlocked),
+            _ => Err(format!(
+                "unknown NAT {s:?}: expected cone (alias strict), symmetric or udp-blocked"
+            )),
+        }
+    }
+}
+
+impl Link {
+    /// Parse an RTT as `tc` writes one: `200ms`, `0.2s`, `1s`, `500us`.
+    pub fn parse_rtt(s: &str) -> Result<Duration, String> {
+        let (num, unit) = split_unit(s);
+        let scale = match unit {
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" => 1e-6,
+            _ => {
+                return Err(format!(
+                    "RTT {s:?}: expected a number and s, ms or us, e.g. 200ms"
+                ))
+            }
+        };
+        let v: f64 = num
+            .parse()
+            .map_err(|_| format!("RTT {s:?}: {num:?} is not a number"))?;
+        if !(0.0..=10.0).contains(&(v * scale)) {
+            return Err(format!("RTT {s:?}: between 0 and 10 s, please"));
+        }
+        Ok(Duration::from_secs_f64(v * scale))
+    }
+
+    /// Parse a rate as `tc` writes one, to Mbit/s: `400mbit`, `1gbit`,
+    /// `50mbps` (megabytes).
+    pub fn parse_rate_mbit(s: &str) -> Result<u32, String> {
+        let (num, unit) = split_unit(s);
+        let scale = match unit {
+            "kbit" => 1e-3,
+            "mbit" => 1.0,
+            "gbit" => 1e3,
+            "mbps" => 8.0,
+            "gbps" => 8e3,
+            _ => {
+                return Err(format!(
+                    "rate {s:?}: expected a number and kbit, mbit, gbit, mbps or gbps, e.g. 400mbit"
+                ))
+            }
+        };
+        let v: f64 = num
+            .parse()
+            .map_err(|_| format!("rate {s:?}: {num:?} is not a number"))?;
+        let mbit = (v * scale).round();
+        if !(1.0..=100_000.0).contains(&mbit) {
+            return Err(format!("rate {s:?}: between 1 mbit and 100 gbit, please"));
+        }
+        Ok(mbit as u32)
+    }
+}
+
+fn split_unit(s: &str) -> (&str, &str) {
+    let at = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    (&s[..at], &s[at..])
 }
 
 /// A machine of the lab that runs programs.
@@ -125,7 +196,7 @@ impl Lab {
     /// Build a lab whose site A uses NAT `a` and site B uses NAT `b`.
     ///
     /// Returns `None` when not root outside CI (after
-    /// [`proxymesh_suite::require_root`] printed why), so the test can skip;
+    /// [`crate::require_root`] printed why), so the test can skip;
     /// in CI without root it panics. Any setup failure panics with the
     /// failing command and its stderr, after tearing down what was built.
     pub fn new(a: Nat, b: Nat) -> Option<Lab> {
@@ -134,7 +205,7 @@ impl Lab {
 
     /// [`Lab::new`] with every site's public link emulated as `link`.
     pub fn with_link(a: Nat, b: Nat, link: Link) -> Option<Lab> {
-        if !proxymesh_suite::require_root("the NAT lab (network namespaces, iptables)") {
+        if !crate::require_root("the NAT lab (network namespaces, iptables)") {
             return None;
         }
         let prefix = format!(
@@ -142,6 +213,33 @@ impl Lab {
             std::process::id(),
             LABS.fetch_add(1, Ordering::Relaxed)
         );
+        // Anything carrying this prefix was left by a dead process that had
+        // our pid: it is stale.
+        Some(Lab::build_named(prefix, a, b, link))
+    }
+
+    /// A lab whose namespaces are `<name>-relay`, `<name>-ha`, … (what the
+    /// `natlab` command builds). Whatever a dead lab of that name left is
+    /// removed first. Needs root; panics on any setup failure, after tearing
+    /// down what was built.
+    pub fn named(name: &str, a: Nat, b: Nat, link: Link) -> Lab {
+        Lab::build_named(name.to_string(), a, b, link)
+    }
+
+    /// Tear down whatever a lab named `name` left behind (its `up` process
+    /// killed without cleaning up), as [`Lab::teardown`] does.
+    pub fn teardown_named(name: &str) {
+        let lab = Lab {
+            prefix: name.to_string(),
+            a: Nat::EndpointIndependent,
+            b: Nat::EndpointIndependent,
+            link: Link::default(),
+            lines: Mutex::new(Vec::new()),
+        };
+        lab.teardown();
+    }
+
+    fn build_named(prefix: String, a: Nat, b: Nat, link: Link) -> Lab {
         let lab = Lab {
             prefix,
             a,
@@ -149,12 +247,55 @@ impl Lab {
             link,
             lines: Mutex::new(Vec::new()),
         };
-        // Anything carrying this prefix was left by a dead process that had
-        // our pid: it is stale.
         lab.teardown();
         // If a step panics, `lab` is dropped while unwinding: teardown.
         lab.build();
-        Some(lab)
+        lab
+    }
+
+    /// The emulated public link of every site.
+    pub fn link(&self) -> Link {
+        self.link
+    }
+
+    /// Forward `proto` (`"udp"` or `"tcp"`) `port` arriving at `h`'s router
+    /// from the public segment to the same port on `h` (a port forward, as
+    /// a site would configure for a server it exposes). No-op for the relay,
+    /// which is public already.
+    pub fn forward_port(&self, h: Host, proto: &str, port: u16) {
+        let Some(router) = self.router_namespace(h) else {
+            return;
+        };
+        let (host, port) = (self.host_ip(h), port.to_string());
+        let to = format!("{host}:{port}");
+        for rule in [
+            [
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-i",
+                "wan0",
+                "-p",
+                proto,
+                "--dport",
+                &port,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ]
+            .as_slice(),
+            [
+                "-I", "FORWARD", "-i", "wan0", "-o", "lan0", "-p", proto, "-d", host, "--dport",
+                &port, "-j", "ACCEPT",
+            ]
+            .as_slice(),
+        ] {
+            let mut argv = vec!["iptables", "-w"];
+            argv.extend_from_slice(rule);
+            self.sh(Some(&router), &argv);
+        }
     }
 
     /// The prefix of every namespace (and would-be root link) of this lab,
@@ -298,26 +439,11 @@ impl Lab {
     /// and return its result: sockets it opens live in that namespace (and
     /// stay there when used from other threads afterwards). This is how a
     /// test talks to a daemon whose API listens on `127.0.0.1` inside a
-    /// site, e.g. with [`proxymesh_suite::http`]. Only the network namespace
+    /// site, e.g. with [`crate::http`]. Only the network namespace
     /// changes (the file system is the test's own); a panic in `f` is
     /// re-raised here.
     pub fn within<T: Send>(&self, h: Host, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.namespace(h));
-        std::thread::scope(|scope| {
-            let thread = scope.spawn(|| {
-                let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: setns(2) on a valid descriptor; it moves only this
-                // (fresh, scoped) thread into the namespace.
-                let rc = unsafe {
-                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET)
-                };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                f()
-            });
-            thread
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        within_namespace(&self.namespace(h), f)
     }
 
     /// Kill every process inside the lab's namespaces, delete the
@@ -592,6 +718,26 @@ impl Drop for LabChild {
     }
 }
 
+/// Run `f` on a thread inside the network namespace `ns` (by name, as `ip
+/// netns` knows it) and return its result; see [`Lab::within`].
+pub fn within_namespace<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(|| {
+            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns(2) on a valid descriptor; it moves only this
+            // (fresh, scoped) thread into the namespace.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        });
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 /// Namespaces and root-namespace links whose name starts with `prefix`
 /// (see [`Lab::prefix`]): empty once a lab is torn down.
 pub fn leftovers(prefix: &str) -> Vec<String> {
@@ -679,5 +825,34 @@ fn root_links() -> Vec<String> {
             eprintln!("natlab: {e}");
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_settings_parse_as_tc_writes_them() {
+        assert_eq!(Link::parse_rtt("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(Link::parse_rtt("0.3s"), Ok(Duration::from_millis(300)));
+        assert_eq!(
+            Link::parse_rtt("0"),
+            Err("RTT \"0\": expected a number and s, ms or us, e.g. 200ms".into())
+        );
+        assert!(Link::parse_rtt("fast").is_err());
+        assert!(Link::parse_rtt("20min").is_err());
+        assert!(Link::parse_rtt("-5ms").is_err());
+        assert_eq!(Link::parse_rate_mbit("400mbit"), Ok(400));
+        assert_eq!(Link::parse_rate_mbit("1gbit"), Ok(1000));
+        assert_eq!(Link::parse_rate_mbit("50mbps"), Ok(400));
+        assert!(Link::parse_rate_mbit("400").is_err());
+        assert!(Link::parse_rate_mbit("0mbit").is_err());
+        assert_eq!("strict".parse(), Ok(Nat::EndpointIndependent));
+        assert_eq!("udp-blocked".parse(), Ok(Nat::UdpBlocked));
+        assert!("full-cone"
+            .parse::<Nat>()
+            .unwrap_err()
+            .contains("symmetric"));
     }
 }
