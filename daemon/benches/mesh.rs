@@ -11,7 +11,6 @@
 //! fetches it from A over the mesh (direct QUIC after hole punching on
 //! loopback), verifies and caches it, and streams it to the SDK.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,108 +18,8 @@ use futures::{StreamExt, TryStreamExt};
 use proxymesh::{ByteStream, Connector, DaemonConnector, Key};
 use proxymesh_suite::DaemonProcess;
 
-const WINDOW: u32 = 10 * 1024 * 1024;
-
-fn transport() -> Arc<quinn::TransportConfig> {
-    // libp2p-quic's windows, so the baseline is the engine we run on.
-    let mut t = quinn::TransportConfig::default();
-    t.stream_receive_window(quinn::VarInt::from_u32(WINDOW))
-        .receive_window(quinn::VarInt::from_u32(WINDOW * 3 / 2))
-        .send_window(u64::from(WINDOW));
-    Arc::new(t)
-}
-
-/// Child process: a quinn server that answers each bi stream's requested
-/// byte count with that many bytes. Prints its port.
-fn quinn_sender(cert_path: &str, key_path: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let cert = rustls::pki_types::CertificateDer::from(std::fs::read(cert_path).unwrap());
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(std::fs::read(key_path).unwrap().into());
-        let mut cfg = quinn::ServerConfig::with_single_cert(vec![cert], key).unwrap();
-        cfg.transport_config(transport());
-        let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
-        println!("{}", ep.local_addr().unwrap().port());
-        while let Some(incoming) = ep.accept().await {
-            let conn = incoming.await.unwrap();
-            tokio::spawn(async move {
-                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    let mut n = [0u8; 8];
-                    recv.read_exact(&mut n).await.unwrap();
-                    let mut left = u64::from_be_bytes(n);
-                    let chunk = Bytes::from(vec![0xA5u8; 1 << 20]);
-                    while left > 0 {
-                        let k = left.min(chunk.len() as u64) as usize;
-                        send.write_chunk(chunk.slice(..k)).await.unwrap();
-                        left -= k as u64;
-                    }
-                    send.finish().unwrap();
-                }
-            });
-        }
-    });
-}
-
-struct QuinnBaseline {
-    child: std::process::Child,
-    conn: quinn::Connection,
-    _dir: tempfile::TempDir,
-}
-
-impl QuinnBaseline {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let (cert_path, key_path) = (dir.path().join("cert.der"), dir.path().join("key.der"));
-        std::fs::write(&cert_path, ck.cert.der()).unwrap();
-        std::fs::write(&key_path, ck.key_pair.serialize_der()).unwrap();
-        let (child, line) = proxymesh_suite::spawn_self(&[
-            "--quinn-sender",
-            cert_path.to_str().unwrap(),
-            key_path.to_str().unwrap(),
-        ]);
-        let port: u16 = line.parse().unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ck.cert.der().clone()).unwrap();
-        let mut cfg = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap();
-        cfg.transport_config(transport());
-        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        ep.set_default_client_config(cfg);
-        let conn = ep
-            .connect(([127, 0, 0, 1], port).into(), "localhost")
-            .unwrap()
-            .await
-            .unwrap();
-        Self {
-            child,
-            conn,
-            _dir: dir,
-        }
-    }
-
-    async fn fetch(&self, size: u64) -> Duration {
-        let t = Instant::now();
-        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
-        send.write_all(&size.to_be_bytes()).await.unwrap();
-        send.finish().unwrap();
-        let mut got = 0u64;
-        while let Some(chunk) = recv.read_chunk(1 << 20, true).await.unwrap() {
-            got += chunk.bytes.len() as u64;
-        }
-        assert_eq!(got, size);
-        t.elapsed()
-    }
-}
-
-impl Drop for QuinnBaseline {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "common/raw_quic.rs"]
+mod raw_quic;
 
 fn stream_of(size: u64, seed: u8) -> ByteStream {
     let chunk = Bytes::from(vec![seed; 1 << 20]);
@@ -202,10 +101,8 @@ fn mesh_daemon(relay: &[libp2p::Multiaddr], mesh: &proxymesh_suite::TestMesh) ->
 }
 
 fn main() {
+    raw_quic::serve_if_asked();
     let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--quinn-sender") {
-        return quinn_sender(&args[i + 1], &args[i + 2]);
-    }
     let quick = args.iter().any(|a| a == "--quick");
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -222,7 +119,14 @@ async fn bench(quick: bool) {
     let b = mesh_daemon(&relay, &mesh);
     let at_a = DaemonConnector::new(&a.api).unwrap();
     let at_b = DaemonConnector::new(&b.api).unwrap();
-    let quinn = QuinnBaseline::start().await;
+    // The raw QUIC baseline, with libp2p-quic's windows: the engine we run on.
+    let server = raw_quic::Server::start(&[], "127.0.0.1:0", raw_quic::Tuning::LIBP2P);
+    let quinn = server
+        .connect(
+            ([127, 0, 0, 1], server.port).into(),
+            raw_quic::Tuning::LIBP2P,
+        )
+        .await;
     println!(
         "proxymesh mesh benchmark: SDK at B <- daemon B <- daemon A (relay {})",
         relay[0]
@@ -309,7 +213,7 @@ async fn bench(quick: bool) {
     for &size in sizes {
         let (mut raw, mut remote, mut cache) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
-            raw.push(quinn.fetch(size).await);
+            raw.push(raw_quic::fetch(&quinn, size).await);
             let key = at_a
                 .put_stream_with_len(stream_of(size, round as u8), size)
                 .await
