@@ -86,10 +86,11 @@ fn main() {
         }
         for (label, tuning) in cases {
             let d = raw_fetch(&lab, tuning, size);
-            report(label, size, d, rate);
+            report(&lab, label, size, d, rate);
         }
         let d = proxymesh_fetch(&lab, size);
         report(
+            &lab,
             "proxymesh remote get (direct, verified, cached)",
             size,
             d,
@@ -98,10 +99,12 @@ fn main() {
     }
 }
 
-fn report(label: &str, size: u64, d: Duration, rate_mbit: u32) {
+fn report(lab: &Lab, label: &str, size: u64, d: Duration, rate_mbit: u32) {
     let mbps = size as f64 / d.as_secs_f64() / 1e6;
+    // Drops of the emulation itself (delay line, rate limiter), so far.
+    let drops: u64 = lab.link_drops().iter().map(|(_, n)| n).sum();
     println!(
-        "{label:<50} {mbps:>7.1} MB/s  ({:>3.0}% of the link)  {d:.2?}",
+        "{label:<50} {mbps:>7.1} MB/s  ({:>3.0}% of the link)  {d:.2?}  (link drops so far: {drops})",
         100.0 * mbps / (f64::from(rate_mbit) / 8.0)
     );
 }

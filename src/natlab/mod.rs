@@ -258,6 +258,49 @@ impl Lab {
         self.link
     }
 
+    /// Packets the emulated link dropped so far, per router: the delay
+    /// line's queue (`nfnetlink_queue`: queue full, or the netlink socket
+    /// full) and `tbf` (its queue full), on both sides. Zero when no link
+    /// is emulated.
+    pub fn link_drops(&self) -> Vec<(Host, u64)> {
+        [Host::A, Host::B]
+            .into_iter()
+            .map(|h| {
+                let router = self.router_namespace(h).expect("a site");
+                let mut dropped = 0;
+                // `queue pid waiting mode range queue_dropped user_dropped id 1`
+                if let Ok(out) = try_cmd(
+                    netns_command(&router, "cat").arg("/proc/net/netfilter/nfnetlink_queue"),
+                ) {
+                    for line in out.lines() {
+                        let f: Vec<u64> = line
+                            .split_whitespace()
+                            .filter_map(|w| w.parse().ok())
+                            .collect();
+                        if f.len() >= 7 {
+                            dropped += f[5] + f[6];
+                        }
+                    }
+                }
+                for dev in ["wan0", "lan0"] {
+                    // ` Sent 123 bytes 4 pkt (dropped 5, overlimits 6 requeues 0)`
+                    if let Ok(out) = try_cmd(
+                        netns_command(&router, "tc").args(["-s", "qdisc", "show", "dev", dev]),
+                    ) {
+                        for part in out.split("(dropped ").skip(1) {
+                            dropped += part
+                                .split(',')
+                                .next()
+                                .and_then(|n| n.trim().parse::<u64>().ok())
+                                .unwrap_or(0);
+                        }
+                    }
+                }
+                (h, dropped)
+            })
+            .collect()
+    }
+
     /// Forward `proto` (`"udp"` or `"tcp"`) `port` arriving at `h`'s router
     /// from the public segment to the same port on `h` (a port forward, as
     /// a site would configure for a server it exposes). No-op for the relay,
