@@ -60,6 +60,7 @@ use super::traffic::Traffic;
 use super::{MeshError, PathInfo, StreamOpener};
 use crate::storage::{ChunkStream, ObjectName, ObjectReader, ObjectWriter, Storage, StorageError};
 
+mod pace;
 mod swarm;
 #[cfg(test)]
 mod tests;

@@ -45,6 +45,13 @@ impl Traffic {
             .map_or(0, |c| c.served.load(Ordering::Relaxed))
     }
 
+    /// Bytes received from `peer` so far.
+    pub fn fetched_from(&self, peer: &PeerId) -> u64 {
+        self.peers
+            .get(peer)
+            .map_or(0, |c| c.fetched.load(Ordering::Relaxed))
+    }
+
     /// Every peer's counts, ordered by peer ID.
     pub fn snapshot(&self) -> Vec<PeerTraffic> {
         let mut out: Vec<_> = self

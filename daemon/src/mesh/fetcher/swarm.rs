@@ -1,7 +1,8 @@
 //! Fetching a large object from every daemon that has it.
 //!
-//! An object over one [`SEGMENT`] is fetched in segments, up to
-//! [`MAX_INFLIGHT`] at once, into a sparse file that this daemon serves
+//! An object over one [`SEGMENT`] is fetched in segments, as many at once
+//! as each source's path needs ([`Pace`]: its bandwidth-delay product,
+//! measured), into a sparse file that this daemon serves
 //! to others while it fills ([`Partial`]). The sources are the producer
 //! and the holders it names (other daemons that asked for the object
 //! lately); what each holder has and is fetching is asked with `Have`
@@ -29,6 +30,7 @@ use rand::seq::IndexedRandom;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
+use super::pace::Pace;
 use super::{Fetcher, Inner, Outcome, Transfer, PIPELINE_CHUNKS};
 use crate::mesh::client::{self, Body};
 use crate::mesh::copies::{segment_range, Bits, Partial};
@@ -37,11 +39,14 @@ use crate::mesh::singleflight::Leader;
 use crate::mesh::{MeshError, PathInfo};
 use crate::storage::{ChunkStream, ObjectName, SparseObject};
 
-/// Most segment requests in flight for one object.
+/// Fewest segment requests one object may have in flight (more when its
+/// sources' paces allow more).
 const MAX_INFLIGHT: u32 = 6;
-/// Most in flight to one holder, and to the producer.
+/// Fewest in flight to one holder, and to the producer (the floors of
+/// their [`Pace`]s), and the most to any source.
 const PER_HOLDER: u32 = 2;
 const PER_PRODUCER: u32 = 4;
+const PER_SOURCE_CAP: u32 = 48;
 /// How often holders are asked what they have.
 const REFRESH: Duration = Duration::from_millis(60);
 /// Unclaimed segments the producer is asked for are picked among this many
@@ -60,6 +65,9 @@ const HOLDER_PATIENCE: Duration = Duration::from_secs(3);
 /// is asked of the producer too (the end game: one slow source does not
 /// hold up the end).
 const ENDGAME_AFTER: Duration = Duration::from_millis(1500);
+/// Segments from the reader's position that [`Engine::rescue_head_of_line`]
+/// watches.
+const HEAD_OF_LINE: u64 = 2;
 /// Segments fetched ahead of the reader: a slow reader slows the transfer
 /// (once it has gone, the rest is fetched for the cache at full speed).
 const LOOKAHEAD: u64 = 64;
@@ -71,6 +79,8 @@ struct Source {
     have: Bits,
     fetching: Bits,
     inflight: u32,
+    /// How many may be in flight: the path's bandwidth-delay product.
+    pace: Pace,
     failures: u32,
     dropped: bool,
     asking: bool,
@@ -81,7 +91,9 @@ enum Job {
     Segment {
         source: usize,
         seg: u64,
-        result: Result<(), MeshError>,
+        asked: Instant,
+        /// The time to the answer's first byte, when it came.
+        result: Result<Duration, MeshError>,
     },
     Have {
         source: usize,
@@ -158,6 +170,7 @@ pub(super) async fn start(
         started: std::collections::HashMap::new(),
         producer_failures: 0,
         producer_pause: None,
+        segment_time: Duration::ZERO,
     };
     tokio::spawn(engine.run(first, holders, sparse, cache, leader));
     Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
@@ -245,6 +258,9 @@ struct Engine {
     producer_failures: u32,
     /// After a failure, the producer is asked again from then on.
     producer_pause: Option<Instant>,
+    /// Usual time of a segment from request to last byte (a moving
+    /// average).
+    segment_time: Duration,
 }
 
 impl Engine {
@@ -267,6 +283,10 @@ impl Engine {
             },
             fetching: Bits::new(n),
             inflight: 0,
+            pace: Pace::new(
+                if producer { PER_PRODUCER } else { PER_HOLDER },
+                PER_SOURCE_CAP,
+            ),
             failures: 0,
             dropped: false,
             asking: false,
@@ -300,12 +320,15 @@ impl Engine {
         );
         let producer = self.producer;
         let path = self.record.path();
+        let asked = Instant::now();
         self.jobs.spawn(async move {
             let result = receive(&inner, producer, path, first, &partial, 0).await;
             Job::Segment {
                 source: 0,
                 seg: 0,
-                result,
+                asked,
+                // Segment 0 came with `Open`: no clean time to first byte.
+                result: result.map(|()| Duration::MAX),
             }
         });
         let result = self.fetch_all().await;
@@ -495,7 +518,20 @@ impl Engine {
         } else {
             (self.shared.delivering.load(Ordering::Relaxed) + LOOKAHEAD).min(n)
         };
-        while inflight < MAX_INFLIGHT {
+        let now = Instant::now();
+        let traffic = &self.fetcher.inner.traffic;
+        for s in &mut self.sources {
+            s.pace.observe(now, traffic.fetched_from(&s.peer));
+        }
+        self.rescue_head_of_line(now);
+        let most = self
+            .sources
+            .iter()
+            .filter(|s| !s.dropped)
+            .map(|s| s.pace.limit(now))
+            .sum::<u32>()
+            .clamp(MAX_INFLIGHT, LOOKAHEAD as u32);
+        while inflight < most {
             let (mine, fetching) = self.partial().bits();
             let open: Vec<u64> = (0..horizon)
                 .filter(|&i| !mine.get(i) && !fetching.get(i))
@@ -505,7 +541,7 @@ impl Engine {
             let mut holders: Vec<usize> = (0..self.sources.len())
                 .filter(|&i| {
                     let s = &self.sources[i];
-                    !s.producer && !s.dropped && s.inflight < PER_HOLDER
+                    !s.producer && !s.dropped && s.inflight < s.pace.limit(now)
                 })
                 .collect();
             holders.sort_by_key(|&i| self.sources[i].inflight);
@@ -523,7 +559,8 @@ impl Engine {
             }
             // Else the producer, for a segment nobody else has or fetches.
             let paused = self.producer_pause.is_some_and(|t| Instant::now() < t);
-            if pick.is_none() && !paused && self.sources[0].inflight < PER_PRODUCER {
+            let producer_room = self.sources[0].inflight < self.sources[0].pace.limit(now);
+            if pick.is_none() && !paused && producer_room {
                 let patient = self.last_progress.elapsed() < CLAIM_PATIENCE;
                 let unclaimed: Vec<u64> = open
                     .iter()
@@ -541,7 +578,7 @@ impl Engine {
                 }
             }
             // The end game: a segment a slow source holds up.
-            if pick.is_none() && open.is_empty() && self.sources[0].inflight < PER_PRODUCER {
+            if pick.is_none() && open.is_empty() && producer_room {
                 let slow = self
                     .started
                     .iter()
@@ -556,6 +593,36 @@ impl Engine {
             let Some((source, seg)) = pick else { return };
             self.start_segment(source, seg);
             inflight += 1;
+        }
+    }
+
+    /// A segment the reader is (about to be) waiting for that is overdue
+    /// is asked of the producer too, beyond its pipeline's limit: its
+    /// request may be stuck on a connection that went away without an
+    /// error (DCUtR's duplicate connections), and everything behind it
+    /// waits. Overdue: three times the usual segment time, and at least
+    /// [`ENDGAME_AFTER`].
+    fn rescue_head_of_line(&mut self, now: Instant) {
+        if self.producer_pause.is_some_and(|t| now < t) {
+            return;
+        }
+        let next = self.shared.delivering.load(Ordering::Relaxed);
+        let overdue = self.segment_time.saturating_mul(3).max(ENDGAME_AFTER);
+        let stuck = self
+            .started
+            .iter()
+            .filter(|(seg, (t, twice))| {
+                **seg < next + HEAD_OF_LINE && !twice && now.saturating_duration_since(*t) > overdue
+            })
+            .map(|(seg, _)| *seg)
+            .min();
+        if let Some(seg) = stuck {
+            tracing::debug!(
+                seg,
+                ?overdue,
+                "a segment the reader waits for is overdue; asking the producer too"
+            );
+            self.start_segment(0, seg);
         }
     }
 
@@ -581,11 +648,13 @@ impl Engine {
         let partial = Arc::clone(&self.shared.partial);
         // The producer's paths are the transfer's (status shows them).
         let record = producer.then(|| Arc::clone(&self.record));
+        let asked = Instant::now();
         self.jobs.spawn(async move {
             let result = fetch_segment(&fetcher, peer, &addrs, &name, &partial, seg, record).await;
             Job::Segment {
                 source,
                 seg,
+                asked,
                 result,
             }
         });
@@ -597,6 +666,7 @@ impl Engine {
             Job::Segment {
                 source,
                 seg,
+                asked,
                 result,
             } => {
                 let partial = Arc::clone(&self.shared.partial);
@@ -608,7 +678,21 @@ impl Engine {
                     return None;
                 }
                 match result {
-                    Ok(()) => {
+                    Ok(first_byte) => {
+                        let (_, len) = segment_range(partial.size, seg);
+                        if first_byte != Duration::MAX {
+                            s.pace.first_byte(first_byte);
+                        }
+                        // A duplicate's time says nothing of the usual one.
+                        if !self.started.get(&seg).is_some_and(|(_, twice)| *twice) {
+                            let took = asked.elapsed();
+                            self.segment_time = if self.segment_time.is_zero() {
+                                took
+                            } else {
+                                (self.segment_time * 7 + took) / 8
+                            };
+                        }
+                        tracing::trace!(peer = %s.peer, seg, ?first_byte, took = ?asked.elapsed(), limit = s.pace.limit(Instant::now()), inflight = s.inflight, "segment in");
                         self.started.remove(&seg);
                         s.failures = 0;
                         if s.producer {
@@ -617,7 +701,6 @@ impl Engine {
                         }
                         partial.mark_have(seg);
                         self.last_progress = Instant::now();
-                        let (_, len) = segment_range(partial.size, seg);
                         self.record.received.fetch_add(len, Ordering::Relaxed);
                         self.shared.progress.notify_waiters();
                     }
@@ -725,7 +808,8 @@ async fn fetch_segment(
     partial: &Arc<Partial>,
     seg: u64,
     record: Option<Arc<Transfer>>,
-) -> Result<(), MeshError> {
+) -> Result<Duration, MeshError> {
+    let asked = Instant::now();
     let (offset, len) = segment_range(partial.size, seg);
     let mut timeouts = fetcher.timeouts();
     if !matches!(name, RemoteName::Native(_)) {
@@ -737,6 +821,7 @@ async fn fetch_segment(
             client::get(stream, peer, name, offset, Some(len), timeouts)
         })
         .await?;
+    let first_byte = asked.elapsed();
     if let Some(record) = record {
         let mut paths = record.paths.lock().expect("transfer lock");
         if paths.last() != Some(&path) {
@@ -760,7 +845,7 @@ async fn fetch_segment(
     if let Some(stream) = body.take_reusable() {
         fetcher.inner.pool.give(peer, stream, path);
     }
-    Ok(())
+    Ok(first_byte)
 }
 
 /// Receive the producer's answer to `Open` (segment `seg`).
