@@ -27,6 +27,9 @@ use proxymesh::membership::{Credential, Gate, Policy};
 use tokio::sync::mpsc;
 
 // Control plane.
+/// QUIC's idle timeout on every connection (ms): see `Mesh::start`.
+const QUIC_IDLE_TIMEOUT_MS: u32 = 4_000;
+
 pub mod addr;
 pub mod behaviour;
 pub mod event_loop;
@@ -240,7 +243,17 @@ impl Mesh {
                 noise::Config::new,
                 yamux::Config::default,
             )?
-            .with_quic()
+            .with_quic_config(|mut c| {
+                // A peer silent this long is gone: a relay that restarted
+                // forgets its connections without a word (no reset for a
+                // keep-alive), and what rides on it (reservations, relayed
+                // transfers) should move on within seconds, well inside a
+                // transfer's 10 s idle timeout, not after QUIC's default
+                // 10 s. Keep-alives every second keep live paths talking.
+                c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+                c.keep_alive_interval = Duration::from_secs(1);
+                c
+            })
             .with_dns()?
             .with_relay_client(noise::Config::new, yamux::Config::default)?
             .with_behaviour(behaviour::Behaviour::new)?
