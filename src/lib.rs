@@ -583,15 +583,15 @@ impl RelayProcess {
 
     /// Start it again with the same identity and port.
     pub fn restart(&mut self) {
+        self.restart_cmd(Command::new(bin_path("proxymesh-relay")), "127.0.0.1");
+    }
+
+    /// [`RelayProcess::restart`] as `cmd` runs the relay (e.g. inside a
+    /// NAT lab namespace), listening on `host`.
+    pub fn restart_cmd(&mut self, cmd: Command, host: &str) {
         self.kill();
         let args: Vec<&str> = self.flags.iter().map(String::as_str).collect();
-        let (child, addrs) = Self::spawn(
-            Command::new(bin_path("proxymesh-relay")),
-            "127.0.0.1",
-            &self.identity,
-            self.port,
-            &args,
-        );
+        let (child, addrs) = Self::spawn(cmd, host, &self.identity, self.port, &args);
         self.child = Some(child);
         self.addrs = addrs;
     }
