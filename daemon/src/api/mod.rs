@@ -296,6 +296,7 @@ impl From<service::Error> for Failure {
             E::NoRoute(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unreachable),
             E::Incomplete(_) => (StatusCode::BAD_REQUEST, ErrorCode::IncompleteBody),
             E::Corrupt(_) => (StatusCode::CONFLICT, ErrorCode::Corrupt),
+            E::Unsatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BadRequest),
         };
         Self::new(status, code, e.to_string())
     }

@@ -17,7 +17,8 @@ use proxymesh::ObjectId;
 use super::{declared_len, settle, AppState, Failure, STREAM_CHUNK};
 use crate::mesh::fetcher::Fetched;
 use crate::mesh::Mesh;
-use crate::service::{Caller, Object, Target};
+use crate::service::range::ByteRange;
+use crate::service::{self, Caller, Object, Target};
 use crate::storage::ObjectReader;
 
 type St = State<Arc<AppState>>;
@@ -159,10 +160,60 @@ pub fn object_response(reader: ObjectReader) -> Response {
     resp
 }
 
-/// `GET /v1/objects/{key}`.
-pub async fn get(State(state): St, Path(segment): Path<String>) -> Result<Response, Failure> {
+/// `GET /v1/objects/{key}`. With `Range: bytes=…` (one range), `206` and
+/// just those bytes, verified chunk group by chunk group (from the store
+/// here, or from the daemon holding it: only the range crosses the mesh);
+/// `416` when no byte of it is in the object.
+pub async fn get(
+    State(state): St,
+    Path(segment): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
     let t = target(&state, &segment)?;
-    Ok(read_response(state.objects.get(LOCAL, &t).await?))
+    let range = match headers.get(header::RANGE).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => {
+            ByteRange::parse(v).map_err(|e| Failure::from(service::Error::Invalid(e)))?
+        }
+        Some(Err(_)) => {
+            return Err(service::Error::Invalid("the Range header is not text".into()).into())
+        }
+    };
+    let Some(range) = range else {
+        let mut resp = read_response(state.objects.get(LOCAL, &t).await?);
+        resp.headers_mut()
+            .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        return Ok(resp);
+    };
+    match state.objects.get_range(LOCAL, &t, range).await {
+        Ok(r) => {
+            let mut resp = Response::new(Body::from_stream(r.body));
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.len));
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "bytes {}-{}/{}",
+                r.offset,
+                r.offset + r.len - 1,
+                r.size
+            )) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            Ok(resp)
+        }
+        Err(service::Error::Unsatisfiable(size)) => {
+            let mut resp = Failure::from(service::Error::Unsatisfiable(size)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            Ok(resp)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `HEAD /v1/objects/{key}`: 200 (with the size, for this daemon's

@@ -141,6 +141,30 @@ pub enum Fetched {
     },
 }
 
+/// A range of a remote object ([`Fetcher::get_range`]).
+pub enum Ranged {
+    /// This daemon's cached copy: read the range from it.
+    Cached {
+        /// The cached copy.
+        reader: ObjectReader,
+    },
+    /// Arriving from the peer now, verified.
+    Streaming {
+        /// The whole object's size.
+        size: u64,
+        /// The range: its first byte and length.
+        offset: u64,
+        len: u64,
+        /// Its bytes, as they arrive.
+        body: ChunkStream,
+    },
+    /// No byte of the range is in the object, of `size` bytes.
+    Unsatisfiable {
+        /// The object's size.
+        size: u64,
+    },
+}
+
 impl fmt::Debug for Fetched {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -375,6 +399,104 @@ impl Fetcher {
                 },
             }
         }
+    }
+
+    /// The bytes of `name` at `peer` that `range` asks for: this daemon's
+    /// cached copy when it has one (the caller reads the range from it);
+    /// otherwise asked of `peer` alone and not cached, every chunk group
+    /// checked against the object's hash before it is handed out. The
+    /// object's size and hash come first (a zero-length range: one round
+    /// trip, no bytes), and must match `expect` (the ticket's hash).
+    pub async fn get_range(
+        &self,
+        peer: PeerId,
+        name: RemoteName,
+        addrs: &[Multiaddr],
+        expect: Option<blake3::Hash>,
+        range: crate::service::range::ByteRange,
+    ) -> Result<Ranged, MeshError> {
+        let corrupt = |hash: blake3::Hash| match expect {
+            Some(want) if want != hash => Some(MeshError::Corrupt {
+                peer,
+                id: name.clone(),
+                reason: format!("the ticket promises BLAKE3 {want}, the peer has {hash}"),
+            }),
+            _ => None,
+        };
+        if let RemoteName::Native(id) = name {
+            if let Some(reader) = self.cached((peer, id)).await? {
+                if let Some(e) = corrupt(reader.meta().hash) {
+                    return Err(e);
+                }
+                return Ok(Ranged::Cached { reader });
+            }
+        }
+        let timeouts = self.timeouts();
+        let (mut probe, path) = self
+            .reusing(peer, addrs, |stream| {
+                client::get(stream, peer, &name, 0, Some(0), timeouts)
+            })
+            .await?;
+        let (size, hash) = (probe.size(), probe.hash());
+        while probe.next_chunk().await?.is_some() {}
+        if let Some(stream) = probe.take_reusable() {
+            self.inner.pool.give(peer, stream, path);
+        }
+        if let Some(e) = corrupt(hash) {
+            return Err(e);
+        }
+        let Some((offset, len)) = range.resolve(size) else {
+            return Ok(Ranged::Unsatisfiable { size });
+        };
+        let (mut body, path) = self
+            .reusing(peer, addrs, |stream| {
+                client::get(stream, peer, &name, offset, Some(len), timeouts)
+            })
+            .await?;
+        if body.hash() != hash || body.size() != size {
+            return Err(MeshError::Corrupt {
+                peer,
+                id: name.clone(),
+                reason: "it described the object differently between two requests".into(),
+            });
+        }
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let mut counted = 0;
+            loop {
+                let next = body.next_chunk().await;
+                let wire = body.wire_bytes();
+                inner.traffic.fetched(peer, wire - counted);
+                counted = wire;
+                match next {
+                    Ok(Some(chunk)) => {
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        if let Some(stream) = body.take_reusable() {
+                            inner.pool.give(peer, stream, path);
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        let body: ChunkStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        Ok(Ranged::Streaming {
+            size,
+            offset,
+            len,
+            body,
+        })
     }
 
     /// Whether `peer` has `name`.

@@ -31,13 +31,14 @@ use libp2p::{Multiaddr, PeerId};
 use proxymesh::{Key, ObjectId, OwnerCap};
 use uuid::Uuid;
 
-use crate::mesh::fetcher::Fetched;
+use crate::mesh::fetcher::{Fetched, Ranged};
 use crate::mesh::protocol::RemoteName;
 use crate::mesh::{Mesh, MeshError};
 use crate::storage::{ChunkStream, ObjectMeta, ObjectReader, Storage, StorageError};
 
 pub mod local;
 pub mod policy;
+pub mod range;
 mod writes;
 
 pub use local::{LocalObjects, Writer, DEFAULT_PEER_WRITE_QUOTA};
@@ -74,6 +75,9 @@ pub enum Error {
     /// Another daemon failed or refused.
     #[error(transparent)]
     Mesh(Box<MeshError>),
+    /// No byte of the range asked for is in the object.
+    #[error("the range asked for is outside the object's {0} bytes")]
+    Unsatisfiable(u64),
 }
 
 impl Error {
@@ -166,6 +170,17 @@ impl Object {
             Object::Fetched(Fetched::Streaming { body, .. }) => body,
         }
     }
+}
+
+/// A range of an object being read ([`Objects::get_range`]).
+pub struct RangeRead {
+    /// The whole object's size.
+    pub size: u64,
+    /// The range's first byte and length.
+    pub offset: u64,
+    pub len: u64,
+    /// Its bytes, verified as they come.
+    pub body: ChunkStream,
 }
 
 /// The local user's view of every object: this daemon's and, through the
@@ -326,6 +341,60 @@ impl Objects {
                     .get_checked(peer, t.name.clone(), addrs, t.hash)
                     .await?,
             )),
+        }
+    }
+
+    /// Bytes `range` of an object, each chunk group verified against its
+    /// hash before it is handed out: read from the store here (or this
+    /// daemon's cached copy) through the object's outboard, or asked of
+    /// the daemon holding it (only the range crosses the mesh; it is not
+    /// cached).
+    pub async fn get_range(
+        &self,
+        caller: Caller,
+        t: &Target,
+        range: range::ByteRange,
+    ) -> Result<RangeRead, Error> {
+        let local = |reader: ObjectReader| -> Result<RangeRead, Error> {
+            if let Some(want) = t.hash.filter(|w| *w != reader.meta().hash) {
+                return Err(Error::Corrupt(format!(
+                    "object {} has BLAKE3 {}, but the ticket promises {want}",
+                    t.name,
+                    reader.meta().hash
+                )));
+            }
+            let size = reader.meta().size;
+            let (offset, len) = range.resolve(size).ok_or(Error::Unsatisfiable(size))?;
+            Ok(RangeRead {
+                size,
+                offset,
+                len,
+                body: range::verified_read(reader, offset, len),
+            })
+        };
+        match self.remote(caller, Action::Read, t)? {
+            None => local(self.local.read(caller, &t.name).await?),
+            Some((mesh, peer, addrs)) => {
+                match mesh
+                    .fetcher()
+                    .get_range(peer, t.name.clone(), addrs, t.hash, range)
+                    .await?
+                {
+                    Ranged::Cached { reader } => local(reader),
+                    Ranged::Streaming {
+                        size,
+                        offset,
+                        len,
+                        body,
+                    } => Ok(RangeRead {
+                        size,
+                        offset,
+                        len,
+                        body,
+                    }),
+                    Ranged::Unsatisfiable { size } => Err(Error::Unsatisfiable(size)),
+                }
+            }
         }
     }
 
