@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use proxymesh::api::{
-    self, EvictBatchResponse, EvictResponse, ExistsBatchResponse, KeyResponse, KeysRequest,
-    KeysResponse, PutResponse, Status,
+    self, ErrorCode, EvictBatchResponse, EvictResponse, ExistsBatchResponse, KeyResponse,
+    KeysRequest, KeysResponse, PutResponse, Status,
 };
 use proxymesh::ObjectId;
 
@@ -186,8 +186,32 @@ pub async fn get(
         return Ok(resp);
     };
     match state.objects.get_range(LOCAL, &t, range).await {
-        Ok(r) => {
-            let mut resp = Response::new(Body::from_stream(r.body));
+        Ok(mut r) => {
+            // A range whose first group fails gets an error answer, not a
+            // 206 cut short before its first byte.
+            let first = match r.body.next().await {
+                Some(Err(e)) => {
+                    let (status, code) = match e.kind() {
+                        // Damaged here (a disk) or arriving damaged.
+                        std::io::ErrorKind::InvalidData => match t.site {
+                            service::Site::Here => {
+                                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Corrupt)
+                            }
+                            service::Site::Peer { .. } => {
+                                (StatusCode::BAD_GATEWAY, ErrorCode::Corrupt)
+                            }
+                        },
+                        std::io::ErrorKind::TimedOut => {
+                            (StatusCode::GATEWAY_TIMEOUT, ErrorCode::TimedOut)
+                        }
+                        _ => (StatusCode::BAD_GATEWAY, ErrorCode::PeerError),
+                    };
+                    return Err(Failure::new(status, code, e.to_string()));
+                }
+                first => first,
+            };
+            let body = futures::stream::iter(first).chain(r.body);
+            let mut resp = Response::new(Body::from_stream(body));
             *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
             let h = resp.headers_mut();
             h.insert(

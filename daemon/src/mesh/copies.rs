@@ -148,6 +148,13 @@ impl Partial {
         self.bits.lock().expect("bits").1.set(i, on);
     }
 
+    /// Nothing is being fetched any more (a failed fetch's copy, kept
+    /// for the next).
+    pub fn clear_fetching(&self) {
+        let mut bits = self.bits.lock().expect("bits");
+        bits.1 = Bits::new(self.segments());
+    }
+
     /// The segments here and the segments being fetched.
     pub fn bits(&self) -> (Bits, Bits) {
         self.bits.lock().expect("bits").clone()

@@ -60,6 +60,7 @@ use super::traffic::Traffic;
 use super::{MeshError, PathInfo, StreamOpener};
 use crate::storage::{ChunkStream, ObjectName, ObjectReader, ObjectWriter, Storage, StorageError};
 
+mod leftover;
 mod pace;
 mod swarm;
 #[cfg(test)]
@@ -217,6 +218,8 @@ struct Inner {
     traffic: Arc<Traffic>,
     /// Copies being fetched in segments, served to others as they arrive.
     copies: Arc<Copies>,
+    /// What failed fetches verified, for the next get.
+    leftovers: leftover::Leftovers,
 }
 
 /// One transfer, as status shows it.
@@ -311,6 +314,7 @@ impl Fetcher {
                 pool: StreamPool::default(),
                 traffic: Arc::default(),
                 copies: Arc::default(),
+                leftovers: leftover::Leftovers::default(),
             }),
         }
     }

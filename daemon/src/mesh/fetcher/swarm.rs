@@ -130,21 +130,27 @@ pub(super) async fn start(
     let inner = Arc::clone(&fetcher.inner);
     let (size, hash) = (first.size(), first.hash());
     let cache = leader.is_some() && size <= inner.config.cache_cap;
-    let sparse = match inner
-        .storage
-        .sparse(ObjectName::Remote { peer: producer, id }, size)
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            let e = MeshError::Storage(e);
-            if let Some(l) = leader {
-                l.complete(Outcome::Failed(Arc::new(e.clone())));
-            }
-            return Err(e);
+    // What an earlier, failed fetch of the object verified, if anything.
+    let (partial, sparse) = match inner.leftovers.take((producer, id), size, hash) {
+        Some((partial, sparse)) => {
+            tracing::info!(%producer, %id, verified = partial.bits().0.count(), of = partial.segments(), "continuing a failed fetch from its verified segments");
+            (partial, sparse)
         }
+        None => match inner
+            .storage
+            .sparse(ObjectName::Remote { peer: producer, id }, size)
+            .await
+        {
+            Ok(s) => (Arc::new(Partial::new(size, hash, Arc::clone(s.file()))), s),
+            Err(e) => {
+                let e = MeshError::Storage(e);
+                if let Some(l) = leader {
+                    l.complete(Outcome::Failed(Arc::new(e.clone())));
+                }
+                return Err(e);
+            }
+        },
     };
-    let partial = Arc::new(Partial::new(size, hash, Arc::clone(sparse.file())));
     inner.copies.insert((producer, id), Arc::clone(&partial));
     let shared = Arc::new(Shared {
         partial,
@@ -383,6 +389,15 @@ impl Engine {
                 };
                 *self.shared.failed.lock().expect("failed") =
                     Some(io::Error::new(kind, e.to_string()));
+                // Its verified segments stay for the next get (not those
+                // of a producer that sent corrupt bytes: it would again).
+                if !matches!(e, MeshError::Corrupt { .. }) {
+                    self.fetcher.inner.leftovers.keep(
+                        (self.producer, self.id),
+                        Arc::clone(&self.shared.partial),
+                        sparse,
+                    );
+                }
                 Outcome::Failed(Arc::new(e))
             }
         };
