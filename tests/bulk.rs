@@ -409,6 +409,22 @@ fn a_range_read_moves_only_the_range_and_is_verified() {
     );
     assert_eq!(range_get(&b, "bytes=9-2").status, 400);
     assert_eq!(range_get(&a, "bytes=100-199").body, data[100..200]);
+    // The same through the SDK.
+    let key: proxymesh::Key = ticket.parse().unwrap();
+    let sdk = proxymesh::DaemonConnector::new(&b.api).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let got = rt
+        .block_on(sdk.get_range(&key, 4_000_000..4_000_100))
+        .unwrap();
+    assert_eq!(got.as_deref(), Some(&data[4_000_000..4_000_100]));
+    let past = rt.block_on(sdk.get_range(&key, size as u64..size as u64 + 1));
+    assert!(
+        matches!(past, Err(proxymesh::Error::Daemon { status: 416, .. })),
+        "{past:?}"
+    );
 
     // A byte damaged at A after it was stored: a range over it, at A or
     // through B, hands out nothing from its 16 KiB group on (a 206 cut
