@@ -27,6 +27,15 @@ use proxymesh::membership::{Credential, Gate, Policy};
 use tokio::sync::mpsc;
 
 // Control plane.
+/// How long a credential has left, when that is soon enough to warn: a
+/// week ahead, or in the last quarter of a shorter-lived credential (a
+/// daily one is not "soon" all day long).
+fn expires_soon(issued: SystemTime, expires: SystemTime, now: SystemTime) -> Option<Duration> {
+    let left = expires.duration_since(now).ok()?;
+    let lifetime = expires.duration_since(issued).unwrap_or_default();
+    (left < Duration::from_secs(7 * 86_400).min(lifetime / 4)).then_some(left)
+}
+
 /// QUIC's idle timeout on every connection (ms): see `Mesh::start`.
 const QUIC_IDLE_TIMEOUT_MS: u32 = 4_000;
 
@@ -222,10 +231,8 @@ impl Mesh {
                 }
                 c.check(own, std::slice::from_ref(c.mesh()), SystemTime::now())
                     .map_err(|e| anyhow::anyhow!("this daemon's {e}"))?;
-                if let Ok(left) = c.expires().duration_since(SystemTime::now()) {
-                    if left < Duration::from_secs(7 * 86_400) {
-                        tracing::warn!(left = ?left, "this daemon's credential expires soon; ask the mesh operator for a new one");
-                    }
+                if let Some(left) = expires_soon(c.issued(), c.expires(), SystemTime::now()) {
+                    tracing::warn!(left = ?left, "this daemon's credential expires soon; ask the mesh operator for a new one");
                 }
                 tracing::info!(mesh = %c.mesh(), "joining a closed mesh");
                 Policy::Meshes(vec![c.mesh().clone()])
@@ -423,5 +430,27 @@ impl Mesh {
     /// Stop the event loop, closing every connection.
     pub fn shutdown(&self) {
         self.network.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credential_expires_soon_in_its_last_quarter_or_last_week() {
+        let day = Duration::from_secs(86_400);
+        let t0 = SystemTime::UNIX_EPOCH + 1000 * day;
+        // A daily credential: quiet for 18 h, then a warning.
+        assert_eq!(expires_soon(t0, t0 + day, t0 + day / 2), None);
+        assert_eq!(expires_soon(t0, t0 + day, t0 + day * 7 / 8), Some(day / 8));
+        // A yearly one: the last week.
+        assert_eq!(expires_soon(t0, t0 + 365 * day, t0 + 300 * day), None);
+        assert_eq!(
+            expires_soon(t0, t0 + 365 * day, t0 + 360 * day),
+            Some(5 * day)
+        );
+        // Expired: not "soon" (the check before refuses it).
+        assert_eq!(expires_soon(t0, t0 + day, t0 + 2 * day), None);
     }
 }
