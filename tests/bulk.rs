@@ -42,6 +42,17 @@ fn traffic(d: &DaemonProcess, peer: &str, field: &str) -> u64 {
         .map_or(0, |p| p[field].as_u64().unwrap())
 }
 
+/// A producer that keeps its objects (over 1 MiB on disk) in `dir` across
+/// restarts, holding a reservation at `relay`.
+fn producer_on_disk(relay: &RelayProcess, dir: &std::path::Path) -> DaemonProcess {
+    let mut flags = relay.member_flags(dir);
+    flags.extend(["--persist".into(), "--inline-limit".into(), "1MiB".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let a = DaemonProcess::start_in(dir, &flags);
+    wait_reserved(&a);
+    a
+}
+
 /// A GET of `ticket` at `d` whose body is read as the test chooses.
 struct Download {
     stream: TcpStream,
@@ -160,14 +171,7 @@ fn a_byte_flipped_at_the_producer_is_caught_within_its_chunk_group() {
 fn a_producer_killed_and_restarted_mid_object_is_resumed_from_the_verified_prefix() {
     let relay = RelayProcess::start(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let start_a = || {
-        let mut flags = relay.member_flags(dir.path());
-        flags.extend(["--persist".into(), "--inline-limit".into(), "1MiB".into()]);
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let a = DaemonProcess::start_in(dir.path(), &flags);
-        wait_reserved(&a);
-        a
-    };
+    let start_a = || producer_on_disk(&relay, dir.path());
     let mut a = start_a();
     let b = relay.start_daemon(&["--idle-timeout", "30"]);
     wait_reserved(&b);
@@ -468,14 +472,7 @@ fn a_range_read_moves_only_the_range_and_is_verified() {
 fn a_fetch_that_gave_up_is_continued_by_the_next_get() {
     let relay = RelayProcess::start(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let start_a = || {
-        let mut flags = relay.member_flags(dir.path());
-        flags.extend(["--persist".into(), "--inline-limit".into(), "1MiB".into()]);
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let a = DaemonProcess::start_in(dir.path(), &flags);
-        wait_reserved(&a);
-        a
-    };
+    let start_a = || producer_on_disk(&relay, dir.path());
     let mut a = start_a();
     // B gives a silent producer 2 s.
     let b = relay.start_daemon(&["--idle-timeout", "2"]);

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use proxymesh_suite::natlab::{leftovers, within_namespace, Host, Lab, LabChild, Nat};
+use proxymesh_suite::natlab::{leftovers, udp_round_trips, Host, Lab, LabChild, Nat, RELAY_IP};
 
 /// `udp:PORT,tcp:PORT,...`: what `echo_child` serves.
 const ECHO_ENV: &str = "NATLAB_ECHO";
@@ -553,38 +553,14 @@ fn natlab_command_brings_a_delayed_lab_up_and_down() {
     assert_eq!(leftovers(&format!("{name}-")).len(), 6, "{banner}");
 
     // A site and the relay are half the RTT apart, through the delay line.
-    let echo = within_namespace(&format!("{name}-relay"), || {
-        UdpSocket::bind("0.0.0.0:7004").unwrap()
-    });
-    let echoing = std::thread::spawn(move || {
-        echo.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut buf = [0u8; 64];
-        while let Ok((n, from)) = echo.recv_from(&mut buf) {
-            if echo.send_to(&buf[..n], from).is_err() || &buf[..n] == b"bye" {
-                break;
-            }
-        }
-    });
-    let least = within_namespace(&format!("{name}-ha"), || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.connect("10.99.0.1:7004").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut buf = [0u8; 64];
-        let least = (0..3u8)
-            .map(|i| {
-                let t = std::time::Instant::now();
-                s.send(&[i]).unwrap();
-                s.recv(&mut buf)
-                    .expect("an echo through the delayed router");
-                t.elapsed()
-            })
-            .min()
-            .unwrap();
-        let _ = s.send(b"bye");
-        least
-    });
-    echoing.join().unwrap();
+    let rtts = udp_round_trips(
+        &format!("{name}-ha"),
+        &format!("{name}-relay"),
+        RELAY_IP,
+        7004,
+        3,
+    );
+    let least = *rtts.iter().min().unwrap();
     assert!(
         least >= Duration::from_millis(39) && least < Duration::from_secs(5),
         "a site is RTT/2 = 40 ms from the relay; measured {least:?}"

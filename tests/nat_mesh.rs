@@ -17,10 +17,10 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use proxymesh_suite::natlab::{Host, Lab, Link, Nat};
-use proxymesh_suite::{bin_path, http, wait_until, DaemonProcess, RelayProcess};
+use proxymesh_suite::natlab::{udp_round_trips, Host, Lab, LabMesh, Link, Nat, SITE_API};
+use proxymesh_suite::{http, wait_until};
 
-const API: &str = "127.0.0.1:7878";
+const API: &str = SITE_API;
 const OCTET: (&str, &str) = ("content-type", "application/octet-stream");
 
 struct Outcome {
@@ -127,36 +127,11 @@ fn run_in(
     size: usize,
     await_direct: bool,
     before: impl FnOnce(&Lab),
-    on_first_byte: impl FnOnce(&Lab, &mut RelayProcess) + Send,
+    on_first_byte: impl FnOnce(&Lab, &mut LabMesh) + Send,
 ) -> Option<Outcome> {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut relay = RelayProcess::start_cmd(
-        lab.command(Host::Relay, bin_path("proxymesh-relay")),
-        lab.relay_ip(),
-        &tmp.path().join("relay.key"),
-        4001,
-        &[],
-    );
-    let start = |h: Host, name: &str| {
-        let dir = tmp.path().join(name);
-        let mut cmd = lab.command(h, bin_path("proxymeshd"));
-        cmd.arg("--data-dir").arg(&dir).args([
-            "--api",
-            API,
-            "--listen-port",
-            "4002",
-            "--hole-punch-timeout",
-            &HOLE_PUNCH_TIMEOUT_SECS.to_string(),
-        ]);
-        for addr in [relay.quic(), relay.tcp()] {
-            cmd.args(["--relay", addr]);
-        }
-        let credential = relay
-            .credential_for(&dir)
-            .expect("the relay serves a test mesh");
-        cmd.args(["--credential", &credential]);
-        DaemonProcess::spawn(cmd, &[], &dir)
-    };
+    let mut mesh = LabMesh::start(&lab);
+    let punch = HOLE_PUNCH_TIMEOUT_SECS.to_string();
+    let start = |h: Host, name: &str| mesh.site(&lab, h, name, &["--hole-punch-timeout", &punch]);
     let site_a = start(Host::A, "a");
     let started_b = Instant::now();
     let site_b = start(Host::B, "b");
@@ -175,11 +150,11 @@ fn run_in(
         assert_eq!(r.status, 201, "{}", r.text());
         r.json()["key"].as_str().unwrap().to_string()
     });
-    let (lab_ref, relay_ref) = (&lab, &mut relay);
+    let (lab_ref, mesh_ref) = (&lab, &mut mesh);
     let get_started = Instant::now();
     let r = lab.within(Host::B, || {
         timed_get(API, &format!("/v1/objects/{ticket}"), || {
-            on_first_byte(lab_ref, relay_ref)
+            on_first_byte(lab_ref, mesh_ref)
         })
     });
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -433,38 +408,13 @@ fn a_long_thin_link_is_emulated_and_an_object_crosses_it() {
     // way). The delay line holds packets at least that long, whatever the
     // load: the lower bound is the emulation's, the upper one only a sanity
     // check.
-    let echo = lab.within(Host::Relay, || {
-        std::net::UdpSocket::bind("0.0.0.0:9999").unwrap()
-    });
-    let echoing = std::thread::spawn(move || {
-        echo.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut buf = [0u8; 64];
-        while let Ok((n, from)) = echo.recv_from(&mut buf) {
-            if echo.send_to(&buf[..n], from).is_err() || &buf[..n] == b"bye" {
-                break;
-            }
-        }
-    });
-    let relay_at = format!("{}:9999", lab.relay_ip());
-    let rtts: Vec<Duration> = lab.within(Host::A, || {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.connect(&relay_at).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut buf = [0u8; 64];
-        let rtts = (0..5)
-            .map(|i| {
-                let t = Instant::now();
-                s.send(&[i]).unwrap();
-                s.recv(&mut buf)
-                    .expect("an echo through the delayed router");
-                t.elapsed()
-            })
-            .collect();
-        let _ = s.send(b"bye");
-        rtts
-    });
-    echoing.join().unwrap();
+    let rtts = udp_round_trips(
+        &lab.namespace(Host::A),
+        &lab.namespace(Host::Relay),
+        lab.relay_ip(),
+        9999,
+        5,
+    );
     eprintln!("UDP round trips site A -> relay over the emulated link: {rtts:?}");
     let least = *rtts.iter().min().unwrap();
     assert!(
@@ -519,7 +469,7 @@ fn a_relay_restarted_mid_object_resumes_without_resending_the_verified_prefix() 
         size,
         false,
         |_| {},
-        |lab, relay| {
+        |lab, mesh| {
             let a = lab.within(Host::A, || http(API, "GET", "/v1/status", &[], b"").json());
             let a_id = a["peer_id"].as_str().unwrap_or_default().to_string();
             b_id = lab.within(Host::B, || http(API, "GET", "/v1/status", &[], b"").json())
@@ -535,12 +485,9 @@ fn a_relay_restarted_mid_object_resumes_without_resending_the_verified_prefix() 
             });
             before_kill =
                 sent.unwrap_or_else(|| panic!("A ({a_id}) sent B less than a quarter in 60 s"));
-            relay.kill();
+            mesh.relay.kill();
             std::thread::sleep(Duration::from_millis(500));
-            relay.restart_cmd(
-                lab.command(Host::Relay, bin_path("proxymesh-relay")),
-                lab.relay_ip(),
-            );
+            mesh.restart_relay(lab);
         },
     ) else {
         return;

@@ -16,14 +16,13 @@
 
 use std::time::{Duration, Instant};
 
-use proxymesh_suite::natlab::{Host, Lab, Link, Nat};
-use proxymesh_suite::{bin_path, http, wait_until, DaemonProcess, RelayProcess};
+use proxymesh_suite::natlab::{Host, Lab, LabMesh, Link, Nat, SITE_API as API};
+use proxymesh_suite::{http, wait_until};
 
 #[path = "common/raw_quic.rs"]
 mod raw_quic;
 use raw_quic::{Cc, Tuning};
 
-const API: &str = "127.0.0.1:7878";
 const QUIC_PORT: u16 = 7100;
 
 fn main() {
@@ -137,27 +136,8 @@ fn raw_fetch(lab: &Lab, tuning: Tuning, size: u64) -> Duration {
 /// Put `size` bytes at A, wait for B's direct connection to A, and time
 /// B's get of them.
 fn proxymesh_fetch(lab: &Lab, size: u64) -> Duration {
-    let tmp = tempfile::tempdir().unwrap();
-    let relay = RelayProcess::start_cmd(
-        lab.command(Host::Relay, bin_path("proxymesh-relay")),
-        lab.relay_ip(),
-        &tmp.path().join("relay.key"),
-        4001,
-        &[],
-    );
-    let start = |h: Host, name: &str| {
-        let dir = tmp.path().join(name);
-        let mut cmd = lab.command(h, bin_path("proxymeshd"));
-        cmd.arg("--data-dir")
-            .arg(&dir)
-            .args(["--api", API, "--listen-port", "4002"]);
-        for addr in [relay.quic(), relay.tcp()] {
-            cmd.args(["--relay", addr]);
-        }
-        let credential = relay.credential_for(&dir).expect("a test mesh");
-        cmd.args(["--credential", &credential]);
-        DaemonProcess::spawn(cmd, &[], &dir)
-    };
+    let mesh = LabMesh::start(lab);
+    let start = |h: Host, name: &str| mesh.site(lab, h, name, &[]);
     let a = start(Host::A, "a");
     let _b = start(Host::B, "b");
     for h in [Host::A, Host::B] {

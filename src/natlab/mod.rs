@@ -50,7 +50,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod delay;
+mod mesh;
 pub use delay::DelayLine;
+pub use mesh::{LabMesh, SITE_API};
 
 /// The emulated public link of every site (default: none, loopback speed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -779,6 +781,44 @@ pub fn within_namespace<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+/// `n` UDP round trips from a socket in namespace `from` to an echo on
+/// `to_ip:port` that this call runs in namespace `to`: the time of each.
+/// Panics if an echo does not come back within 10 s.
+pub fn udp_round_trips(from: &str, to: &str, to_ip: &str, port: u16, n: u8) -> Vec<Duration> {
+    let echo = within_namespace(to, || {
+        std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind the echo")
+    });
+    let echoing = std::thread::spawn(move || {
+        echo.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        while let Ok((len, peer)) = echo.recv_from(&mut buf) {
+            if echo.send_to(&buf[..len], peer).is_err() || &buf[..len] == b"bye" {
+                break;
+            }
+        }
+    });
+    let rtts = within_namespace(from, || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.connect((to_ip, port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        let rtts = (0..n)
+            .map(|i| {
+                let t = Instant::now();
+                s.send(&[i]).expect("send");
+                s.recv(&mut buf).expect("an echo back within 10 s");
+                t.elapsed()
+            })
+            .collect();
+        let _ = s.send(b"bye");
+        rtts
+    });
+    let _ = echoing.join();
+    rtts
 }
 
 /// Namespaces and root-namespace links whose name starts with `prefix`

@@ -142,6 +142,24 @@ pub enum Fetched {
     },
 }
 
+/// The error when `peer`'s copy of `name` hashes to `got` but the ticket
+/// promised `expect`.
+fn not_promised(
+    peer: PeerId,
+    name: &RemoteName,
+    expect: Option<blake3::Hash>,
+    got: blake3::Hash,
+) -> Option<MeshError> {
+    match expect {
+        Some(want) if want != got => Some(MeshError::Corrupt {
+            peer,
+            id: name.clone(),
+            reason: format!("the ticket promises BLAKE3 {want}, the peer has {got}"),
+        }),
+        _ => None,
+    }
+}
+
 /// A range of a remote object ([`Fetcher::get_range`]).
 pub enum Ranged {
     /// This daemon's cached copy: read the range from it.
@@ -363,14 +381,7 @@ impl Fetcher {
         expect: Option<blake3::Hash>,
     ) -> Result<Fetched, MeshError> {
         // The error, if a cached copy is not what the ticket promised.
-        let broken = |got: blake3::Hash, name: &RemoteName| match expect {
-            Some(want) if want != got => Some(MeshError::Corrupt {
-                peer,
-                id: name.clone(),
-                reason: format!("the ticket promises BLAKE3 {want}, the peer has {got}"),
-            }),
-            _ => None,
-        };
+        let broken = |got: blake3::Hash, name: &RemoteName| not_promised(peer, name, expect, got);
         let RemoteName::Native(id) = name else {
             return self.fetch(peer, name, addrs, None, expect).await;
         };
@@ -419,14 +430,7 @@ impl Fetcher {
         expect: Option<blake3::Hash>,
         range: crate::service::range::ByteRange,
     ) -> Result<Ranged, MeshError> {
-        let corrupt = |hash: blake3::Hash| match expect {
-            Some(want) if want != hash => Some(MeshError::Corrupt {
-                peer,
-                id: name.clone(),
-                reason: format!("the ticket promises BLAKE3 {want}, the peer has {hash}"),
-            }),
-            _ => None,
-        };
+        let corrupt = |hash: blake3::Hash| not_promised(peer, &name, expect, hash);
         if let RemoteName::Native(id) = name {
             if let Some(reader) = self.cached((peer, id)).await? {
                 if let Some(e) = corrupt(reader.meta().hash) {

@@ -5,7 +5,7 @@
 
 use std::io;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::mesh::verified::{RangeDecoder, Step};
 use crate::storage::outboard::{encode_range, Data};
@@ -114,7 +114,8 @@ fn read_into(
     let end = offset + len;
     while at < end {
         let n = STEP.min(end - at);
-        let mut encoded = Vec::with_capacity(n as usize + 4096);
+        // Encoded straight into the buffer the decoder reads (no copy).
+        let mut encoded = BytesMut::with_capacity(n as usize + 4096).writer();
         let data = match (&memory, &file) {
             (Some(bytes), _) => Data::Memory(bytes),
             (_, Some(f)) => Data::File(f),
@@ -122,7 +123,7 @@ fn read_into(
         };
         encode_range(data, &outboard, at, n, &mut encoded)?;
         let mut decoder = RangeDecoder::new(meta.hash, meta.size, at, n);
-        let mut buf = BytesMut::from(&encoded[..]);
+        let mut buf = encoded.into_inner();
         loop {
             match decoder.next(&mut buf) {
                 Ok(Step::Data(_, bytes)) if !bytes.is_empty() => {
