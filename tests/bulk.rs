@@ -474,8 +474,9 @@ fn a_fetch_that_gave_up_is_continued_by_the_next_get() {
     let dir = tempfile::tempdir().unwrap();
     let start_a = || producer_on_disk(&relay, dir.path());
     let mut a = start_a();
-    // B gives a silent producer 2 s.
-    let b = relay.start_daemon(&["--idle-timeout", "2"]);
+    // B gives a silent producer 4 s (short, but a loaded machine does not
+    // stall a live transfer that long).
+    let b = relay.start_daemon(&["--idle-timeout", "4"]);
     wait_reserved(&b);
     let size = 160 << 20;
     let data = proxymesh::testing::pattern(size, 24).to_vec();
