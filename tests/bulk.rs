@@ -390,7 +390,12 @@ fn a_range_read_moves_only_the_range_and_is_verified() {
         "{}",
         dl.head
     );
-    assert!(dl.body == data[first..=last], "the range's bytes");
+    assert!(
+        dl.body == data[first..=last],
+        "{} bytes arrived, not the range's {}",
+        dl.body.len(),
+        last + 1 - first
+    );
     let moved = traffic(&a, &b.peer_id, "served_bytes") - before;
     assert!(
         moved < 1 << 20,

@@ -456,7 +456,7 @@ impl Fetcher {
         let Some((offset, len)) = range.resolve(size) else {
             return Ok(Ranged::Unsatisfiable { size });
         };
-        let (mut body, path) = self
+        let (body, path) = self
             .reusing(peer, addrs, |stream| {
                 client::get(stream, peer, &name, offset, Some(len), timeouts)
             })
@@ -468,34 +468,28 @@ impl Fetcher {
                 reason: "it described the object differently between two requests".into(),
             });
         }
-        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
-        let inner = Arc::clone(&self.inner);
-        tokio::spawn(async move {
-            let mut counted = 0;
-            loop {
-                let next = body.next_chunk().await;
-                let wire = body.wire_bytes();
-                inner.traffic.fetched(peer, wire - counted);
-                counted = wire;
-                match next {
-                    Ok(Some(chunk)) => {
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {
-                        if let Some(stream) = body.take_reusable() {
-                            inner.pool.give(peer, stream, path);
-                        }
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
-                        return;
-                    }
-                }
-            }
-        });
+        // The same pump as a whole object's single-stream transfer, caching
+        // nothing: a stream that breaks or stalls mid-range is resumed from
+        // the first byte not yet handed out, and the range moves to a
+        // direct path when one comes up.
+        let record = self.record(peer, &name, len, path);
+        let (tx, rx) = mpsc::channel(PIPELINE_CHUNKS);
+        let pump = Pump {
+            inner: Arc::clone(&self.inner),
+            peer,
+            name,
+            addrs: addrs.to_vec(),
+            body,
+            writer: None,
+            tx: Some(tx),
+            leader: None,
+            record,
+            stuck: None,
+            moves: 0,
+            wire: 0,
+            timeouts,
+        };
+        tokio::spawn(pump.run());
         let body: ChunkStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         }));
@@ -505,6 +499,26 @@ impl Fetcher {
             len,
             body,
         })
+    }
+
+    /// A new transfer of `bytes` of `name` from `peer`, listed among the
+    /// recent ones.
+    fn record(&self, peer: PeerId, name: &RemoteName, bytes: u64, path: PathInfo) -> Arc<Transfer> {
+        let record = Arc::new(Transfer {
+            peer,
+            name: name.clone(),
+            size: bytes,
+            started: Instant::now(),
+            received: AtomicU64::new(0),
+            paths: Mutex::new(vec![path]),
+            ended: Mutex::new(None),
+        });
+        let mut recent = self.inner.recent.lock().expect("recent lock");
+        if recent.len() >= RECENT_TRANSFERS {
+            recent.pop_front();
+        }
+        recent.push_back(record.clone());
+        record
     }
 
     /// Whether `peer` has `name`.
@@ -834,22 +848,7 @@ impl Fetcher {
             _ => None,
         };
         tracing::info!(%peer, %name, size, %path, cached = writer.is_some(), holders = holders.len(), "fetching");
-        let record = Arc::new(Transfer {
-            peer,
-            name: name.clone(),
-            size,
-            started: Instant::now(),
-            received: AtomicU64::new(0),
-            paths: Mutex::new(vec![path]),
-            ended: Mutex::new(None),
-        });
-        {
-            let mut recent = self.inner.recent.lock().expect("recent lock");
-            if recent.len() >= RECENT_TRANSFERS {
-                recent.pop_front();
-            }
-            recent.push_back(record.clone());
-        }
+        let record = self.record(peer, &name, size, path);
         if let (true, RemoteName::Native(id)) = (swarm, &name) {
             let body = swarm::start(
                 self.clone(),

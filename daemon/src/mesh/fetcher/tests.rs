@@ -1135,20 +1135,20 @@ async fn truncated_transfer_is_corrupt_and_nothing_is_cached() {
     assert!(matches!(err, MeshError::Corrupt { .. }), "{err}");
 }
 
-#[tokio::test]
-async fn a_broken_stream_resumes_from_the_first_byte_not_received() {
-    // The first stream breaks halfway (as a relayed connection closed for a
-    // direct one does); the next answers ranged gets honestly.
-    // (One segment: larger objects are fetched in segments, each retried
-    // whole; see the swarm tests.)
-    let flaky = Node::start(None).await;
-    let len = MIB;
-    let data = Arc::new(pattern(len, 9));
+/// A producer of `data` whose first stream asked for bytes breaks halfway
+/// through its answer (as a relayed connection closed for a direct one
+/// does); the others answer gets and opens honestly. Also: how many
+/// streams asked for bytes, and each request's (offset, length).
+#[allow(clippy::type_complexity)]
+fn flaky_server(
+    node: &Node,
+    data: Arc<Vec<u8>>,
+) -> (Task, Arc<AtomicU64>, Arc<Mutex<Vec<(u64, Option<u64>)>>>) {
     let streams = Arc::new(AtomicU64::new(0));
     let asked = Arc::new(Mutex::new(Vec::new()));
-    let _server = {
-        let (data, streams, asked) = (data.clone(), streams.clone(), asked.clone());
-        flaky.accept(move |mut s| {
+    let task = {
+        let (streams, asked) = (streams.clone(), asked.clone());
+        node.accept(move |mut s| {
             let (data, streams, asked) = (data.clone(), streams.clone(), asked.clone());
             async move {
                 let (offset, want, open) = match protocol::read_request(&mut s).await {
@@ -1178,7 +1178,7 @@ async fn a_broken_stream_resumes_from_the_first_byte_not_received() {
                 };
                 protocol::write_response(&mut s, &header).await.unwrap();
                 let enc = encoded(&data, offset, end);
-                if streams.fetch_add(1, Ordering::SeqCst) == 0 {
+                if end > offset && streams.fetch_add(1, Ordering::SeqCst) == 0 {
                     let _ = s.write_all(&enc[..enc.len() / 2]).await;
                     let _ = s.flush().await;
                     drop(s); // broken, not finished
@@ -1189,6 +1189,19 @@ async fn a_broken_stream_resumes_from_the_first_byte_not_received() {
             }
         })
     };
+    (task, streams, asked)
+}
+
+#[tokio::test]
+async fn a_broken_stream_resumes_from_the_first_byte_not_received() {
+    // The first stream breaks halfway (as a relayed connection closed for a
+    // direct one does); the next answers ranged gets honestly.
+    // (One segment: larger objects are fetched in segments, each retried
+    // whole; see the swarm tests.)
+    let flaky = Node::start(None).await;
+    let len = MIB;
+    let data = Arc::new(pattern(len, 9));
+    let (_server, streams, asked) = flaky_server(&flaky, data.clone());
     let consumer = Consumer::start(&flaky, test_config()).await;
     let id = ObjectId::random();
     let f = consumer
@@ -1216,6 +1229,55 @@ async fn a_broken_stream_resumes_from_the_first_byte_not_received() {
         (t.state.as_str(), t.received, t.size),
         ("done", len as u64, len as u64)
     );
+}
+
+#[tokio::test]
+async fn a_range_whose_stream_breaks_resumes_from_the_first_byte_not_received() {
+    let flaky = Node::start(None).await;
+    let data = Arc::new(pattern(MIB, 10));
+    let (_server, streams, asked) = flaky_server(&flaky, data.clone());
+    let consumer = Consumer::start(&flaky, test_config()).await;
+    let (first, last) = (100_000u64, 899_999u64);
+    let range = crate::service::range::ByteRange::From {
+        first,
+        last: Some(last),
+    };
+    let id = ObjectId::random();
+    let name = RemoteName::Native(id);
+    let Ranged::Streaming {
+        size,
+        offset,
+        len,
+        mut body,
+    } = consumer
+        .fetcher
+        .get_range(flaky.peer, name, &[], None, range)
+        .await
+        .unwrap()
+    else {
+        panic!("expected the range to stream from the peer")
+    };
+    assert_eq!((size, offset, len), (MIB as u64, first, last + 1 - first));
+    let mut got = Vec::new();
+    while let Some(chunk) = body.next().await {
+        got.extend_from_slice(&chunk.expect("the range resumed and finished"));
+    }
+    assert!(
+        got == data[first as usize..=last as usize],
+        "{} bytes, not the range's {len}",
+        got.len()
+    );
+    assert_eq!(streams.load(Ordering::SeqCst), 2, "one resume");
+    let asked = asked.lock().unwrap().clone();
+    assert_eq!(asked[0], (0, Some(0)), "the probe for size and hash");
+    assert_eq!(asked[1], (first, Some(len)));
+    let (at, rest) = asked[2];
+    assert!(
+        at > first && at <= first + len / 2,
+        "resumed from {at}, not from the verified prefix"
+    );
+    assert_eq!(rest, Some(first + len - at), "asked for exactly the rest");
+    assert!(!consumer.cached(flaky.peer, id), "a range is not cached");
 }
 
 #[tokio::test]
