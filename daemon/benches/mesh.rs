@@ -1,6 +1,7 @@
 //! Mesh benchmark: remote gets through two real daemons and a real relay on
 //! loopback, next to a raw QUIC (quinn) transfer of the same bytes between
-//! two processes, measured in the same run.
+//! two processes and the same over one libp2p stream (the transport
+//! proxymesh runs on), measured in the same run.
 //!
 //! ```sh
 //! cargo bench -p proxymesh-daemon --bench mesh            # 100 MiB and 1 GiB
@@ -18,6 +19,8 @@ use futures::{StreamExt, TryStreamExt};
 use proxymesh::{ByteStream, Connector, DaemonConnector, Key};
 use proxymesh_suite::DaemonProcess;
 
+#[path = "common/raw_libp2p.rs"]
+mod raw_libp2p;
 #[path = "common/raw_quic.rs"]
 mod raw_quic;
 
@@ -102,6 +105,7 @@ fn mesh_daemon(relay: &[libp2p::Multiaddr], mesh: &proxymesh_suite::TestMesh) ->
 
 fn main() {
     raw_quic::serve_if_asked();
+    raw_libp2p::serve_if_asked();
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     tokio::runtime::Builder::new_current_thread()
@@ -127,6 +131,9 @@ async fn bench(quick: bool) {
             raw_quic::Tuning::LIBP2P,
         )
         .await;
+    // The same bytes over one libp2p-stream stream (libp2p's QUIC and TLS):
+    // what the transport proxymesh runs on costs, before proxymesh's part.
+    let mut libp2p = raw_libp2p::Server::start().await;
     println!(
         "proxymesh mesh benchmark: SDK at B <- daemon B <- daemon A (relay {})",
         relay[0]
@@ -211,9 +218,11 @@ async fn bench(quick: bool) {
     };
     let rounds = if quick { 2 } else { 3 };
     for &size in sizes {
-        let (mut raw, mut remote, mut cache) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut raw, mut stream, mut remote, mut cache) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             raw.push(raw_quic::fetch(&quinn, size).await);
+            stream.push(libp2p.fetch(size).await);
             let key = at_a
                 .put_stream_with_len(stream_of(size, round as u8), size)
                 .await
@@ -226,17 +235,21 @@ async fn bench(quick: bool) {
             cache.push(d);
             at_b.evict(&key).await.unwrap();
         }
-        let (raw, remote, cache) = (median(raw), median(remote), median(cache));
+        let (raw, stream, remote, cache) =
+            (median(raw), median(stream), median(remote), median(cache));
         let label = if size >= 1 << 30 {
             format!("{} GiB", size >> 30)
         } else {
             format!("{} MiB", size >> 20)
         };
         println!(
-            "{label:>8}: raw quinn {:>6.0}   remote get {:>6.0} ({:.2}x raw)   cached re-get {:>6.0}",
+            "{label:>8}: raw quinn {:>6.0}   libp2p stream {:>6.0} ({:.2}x raw)   remote get {:>6.0} ({:.2}x raw, {:.2}x libp2p)   cached re-get {:>6.0}",
             mibps(size, raw),
+            mibps(size, stream),
+            raw.as_secs_f64() / stream.as_secs_f64(),
             mibps(size, remote),
             raw.as_secs_f64() / remote.as_secs_f64(),
+            stream.as_secs_f64() / remote.as_secs_f64(),
             mibps(size, cache)
         );
     }
