@@ -157,6 +157,13 @@ fn another_user_gets_403_and_changes_nothing() {
     );
     assert_eq!(put.status, 201, "{}", put.text());
     let key = put.json()["key"].as_str().unwrap().to_string();
+    // Beside the owner key, the read-only ticket to hand to readers.
+    let owner: proxymesh::Key = key.parse().unwrap();
+    assert!(key.starts_with("pmo1"), "{key}");
+    assert_eq!(
+        put.json()["ticket"].as_str(),
+        Some(owner.read_only().to_string().as_str())
+    );
     let set = http(
         &d.api,
         "POST",

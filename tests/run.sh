@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: sets up what the tests need on a fresh machine
 # (system tools for the mount/NAT tests, a Python venv with ProxyStore for
-# the compatibility test), then runs every test of the workspace.
+# the compatibility test), then runs every test of the workspace, then
+# builds the Python wheel and runs its pytest suite against it.
 # Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,24 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+# (The wheel's crate, proxymesh-python, only repackages the daemon's and the
+# relay's binaries: its same-named debug binaries would collide with theirs.)
+cargo test --workspace --exclude proxymesh-python --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+
+# The Python package: build the wheel once, install it into a fresh venv
+# (no Rust on its PATH) and run its pytest suite against the wheel's own
+# daemons and relay.
+echo "== python: building the wheel"
+wheel=$(bash python/build-wheel)
+echo "== python: installing $(basename "$wheel") into a fresh venv"
+python3 -m venv --clear target/wheel-venv
+target/wheel-venv/bin/pip install -q --disable-pip-version-check "$wheel[test]"
+echo "== python: pytest"
+(cd target && env -u PROXYMESH_API PATH="$PWD/wheel-venv/bin:/usr/bin:/bin" \
+    wheel-venv/bin/python -m pytest -q -p no:cacheprovider ../python/tests) 2>&1 | tee -a "$log" || status=$?
+
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     /^[0-9]+ (passed|failed|skipped|error)/ {
+         for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/ || $(i+1) ~ /^error/) f += $i; if ($(i+1) ~ /^skipped/) s += $i } }
      END { printf "all tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 exit "$status"

@@ -331,6 +331,11 @@ pub struct PutResponse {
     pub size: u64,
     /// BLAKE3 hash, hex.
     pub blake3: String,
+    /// The read-only ticket (`pm1…`): what to give readers. `key` carries
+    /// the owner capability when the daemon grants it; clients that do not
+    /// parse tickets (Python's) take this one for readers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
 }
 
 /// Answer to `POST /v1/keys`.
@@ -359,6 +364,9 @@ pub struct KeysRequest {
 pub struct KeysResponse {
     /// The new keys, in the order of the request's frames.
     pub keys: Vec<Key>,
+    /// Their read-only tickets, in the same order (see [`PutResponse::ticket`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tickets: Vec<String>,
 }
 
 /// Answer to `POST /v1/batch/exists`.

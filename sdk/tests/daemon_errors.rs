@@ -224,6 +224,7 @@ fn put_response(key: Key, body: &[u8]) -> Resp {
     json(
         201,
         api::PutResponse {
+            ticket: Some(key.ticket()),
             key,
             size: body.len() as u64,
             blake3: blake3::hash(body).to_hex().to_string(),
@@ -310,7 +311,8 @@ async fn requests_and_answers_follow_the_api() {
                 keys.push(Key::local(ObjectId::random()));
             }
             p.finish().unwrap();
-            json(200, api::KeysResponse { keys })
+            let tickets = keys.iter().map(|k| k.ticket()).collect();
+            json(200, api::KeysResponse { keys, tickets })
         }
         ("POST", "/v1/batch/get") => {
             let r: api::KeysRequest = serde_json::from_slice(&req.body).unwrap();

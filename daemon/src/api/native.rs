@@ -69,8 +69,10 @@ pub fn fetched_response(fetched: Fetched) -> Response {
 }
 
 fn put_response(state: &AppState, id: ObjectId, meta: &crate::storage::ObjectMeta) -> PutResponse {
+    let key = state.objects.key_for(id, Some(meta.hash));
     PutResponse {
-        key: state.objects.key_for(id, Some(meta.hash)),
+        ticket: Some(key.ticket()),
+        key,
         size: meta.size,
         blake3: meta.hash.to_hex().to_string(),
     }
@@ -333,7 +335,8 @@ async fn batch_put_inner(
             "batch body ended in the middle of a frame",
         ));
     }
-    Ok(Json(KeysResponse { keys }))
+    let tickets = keys.iter().map(|k| k.ticket()).collect();
+    Ok(Json(KeysResponse { keys, tickets }))
 }
 
 fn targets(state: &AppState, req: &KeysRequest) -> Result<Vec<Target>, Failure> {

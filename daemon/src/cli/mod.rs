@@ -202,6 +202,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             if json {
                 let answer = proxymesh::api::PutResponse {
+                    ticket: Some(key.ticket()),
                     key,
                     size,
                     blake3: hash.to_hex().to_string(),
