@@ -141,7 +141,7 @@ def main() -> None:
         else:
             port = _free_port()
             server = subprocess.Popen(
-                [redis, "--port", str(port), "--save", "", "--appendonly", "no", "--proto-max-bulk-len", "4gb", "--dir", root],
+                [redis, "--port", str(port), "--save", "", "--appendonly", "no", "--proto-max-bulk-len", "2gb", "--client-query-buffer-limit", "2gb", "--dir", root],
                 stdout=subprocess.DEVNULL,
             )
             try:
