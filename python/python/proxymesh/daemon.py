@@ -7,6 +7,7 @@ The binaries come with the wheel (on the virtualenv's ``PATH``); set
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -52,6 +53,8 @@ class _Process:
         self._log_path = Path(log.name)
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env, text=True, start_new_session=True)
         log.close()
+        # Not left behind when the interpreter exits without stopping it.
+        atexit.register(self.stop)
         lines: list[str] = []
         done = threading.Event()
 
