@@ -178,6 +178,8 @@ fn another_user_gets_403_and_changes_nothing() {
     let keys = format!(r#"{{"keys":["{key}"]}}"#);
     let reqs: Vec<(&str, String, Option<&str>)> = vec![
         ("GET", "/v1/status".into(), None),
+        ("GET", "/metrics".into(), None),
+        ("GET", "/ui".into(), None),
         ("GET", format!("/v1/objects/{key}"), None),
         ("HEAD", format!("/v1/objects/{key}"), None),
         ("DELETE", format!("/v1/objects/{key}"), None),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: sets up what the tests need on a fresh machine
-# (system tools for the mount/NAT tests, a Python venv with ProxyStore for
+# (system tools for the mount/NAT tests, Chromium for the live view's test,
+# systemd-analyze for the unit files, a Python venv with ProxyStore for
 # the compatibility test), then runs every test of the workspace, then
 # builds the Python wheel and runs its pytest suite against it.
 # Extra arguments go to `cargo test`.
@@ -12,6 +13,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     command -v unshare >/dev/null 2>&1 || need+=(util-linux)
     command -v ip >/dev/null 2>&1 || need+=(iproute2)
     command -v iptables >/dev/null 2>&1 || need+=(iptables)
+    command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+    # The live view's test draws it in a real headless browser.
+    [ -x /usr/bin/chromium ] || need+=(chromium)
     if [ ${#need[@]} -gt 0 ]; then
         echo "== installing ${need[*]}"
         apt-get update -qq

@@ -48,6 +48,7 @@ pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod mesh;
+pub mod metrics;
 pub mod service;
 pub mod storage;
 
@@ -107,10 +108,17 @@ impl Daemon {
             identity.owners.clone(),
             config.peer_write_quota,
         ));
+        let metrics = Arc::new(metrics::Metrics::new());
         let mesh = match config.mesh()? {
-            Some(mesh_config) => {
-                Some(mesh::Mesh::start(identity.keypair.clone(), local.clone(), mesh_config).await?)
-            }
+            Some(mesh_config) => Some(
+                mesh::Mesh::start(
+                    identity.keypair.clone(),
+                    local.clone(),
+                    mesh_config,
+                    metrics.clone(),
+                )
+                .await?,
+            ),
             None => None,
         };
         let listener = tokio::net::TcpListener::bind(config.api).await.with_context(|| {
@@ -140,6 +148,7 @@ impl Daemon {
             api_addr: api_addr.to_string(),
             api_socket: api_socket.as_ref().map(|p| format!("unix:{}", p.display())),
             data_dir: config.data_dir.display().to_string(),
+            metrics,
         });
         let app = api::router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();

@@ -119,6 +119,12 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_PEER)]
     pub max_connections_per_peer: u32,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (reservations,
+    /// circuits, refusals, bytes relayed). No authentication: bind it to
+    /// loopback or a private interface, e.g. 127.0.0.1:9464 [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// IP address to listen on (IPv4 or IPv6; 0.0.0.0 / :: for every interface).
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub host: IpAddr,
@@ -308,6 +314,8 @@ pub struct RelayConfig {
     pub membership: MembershipConfig,
     /// Connection limits.
     pub connections: ConnectionLimits,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl RelayConfig {
@@ -323,6 +331,7 @@ impl RelayConfig {
             relay: RelayLimits::default(),
             membership: MembershipConfig::new(policy),
             connections: ConnectionLimits::default(),
+            metrics: None,
         }
     }
 
@@ -467,6 +476,7 @@ impl Args {
                 max_connections_per_peer: self.max_connections_per_peer,
                 max_pending_incoming: DEFAULT_MAX_PENDING_INCOMING,
             },
+            metrics: self.metrics,
         };
         config.validate()?;
         Ok(config)

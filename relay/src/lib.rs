@@ -88,6 +88,7 @@
 pub mod behaviour;
 pub mod config;
 pub mod members;
+pub mod metrics;
 pub mod node;
 pub mod revocations;
 

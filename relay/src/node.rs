@@ -250,7 +250,16 @@ pub async fn run_with_keypair(config: RelayConfig, keypair: Keypair) -> Result<R
     // Before anyone is served, so a revoked peer never slips in at start.
     revocation_files.poll(&members);
 
-    let mut swarm = build_swarm(keypair, &config, members.clone())?;
+    let metrics = Arc::new(crate::metrics::RelayMetrics::new());
+    let mut swarm = build_swarm(keypair, &config, members.clone(), &metrics)?;
+    let metrics_server = match config.metrics {
+        Some(addr) => {
+            let (bound, task) = crate::metrics::serve(addr, metrics.clone()).await?;
+            tracing::info!(addr = %bound, "serving metrics at /metrics");
+            Some(task)
+        }
+        None => None,
+    };
     let incoming = swarm
         .behaviour()
         .stream
@@ -317,6 +326,8 @@ pub async fn run_with_keypair(config: RelayConfig, keypair: Keypair) -> Result<R
         external,
         wildcard: config.host.is_unspecified(),
         ready: Some(ready_tx),
+        metrics,
+        _metrics_server: metrics_server.map(AbortOnDrop),
     };
     let task = tokio::spawn(driver.run(shutdown_rx));
     let shutdown = ShutdownHandle(Arc::new(shutdown_tx));
@@ -369,6 +380,7 @@ fn build_swarm(
     keypair: Keypair,
     config: &RelayConfig,
     members: Arc<Members>,
+    metrics: &crate::metrics::RelayMetrics,
 ) -> Result<Swarm<RelayBehaviour>> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -381,6 +393,12 @@ fn build_swarm(
         .with_quic()
         .with_dns()
         .context("cannot set up DNS resolution (is /etc/resolv.conf readable?)")?
+        // Bytes in and out (relayed bytes count twice), on --metrics.
+        .with_bandwidth_metrics(
+            metrics
+                .registry()
+                .sub_registry_with_prefix("proxymesh_relay"),
+        )
         .with_behaviour(|key| RelayBehaviour::new(key, config, members))
         .map_err(|e| anyhow!("cannot set up the relay protocols: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
@@ -453,6 +471,17 @@ struct Driver {
     wildcard: bool,
     /// Receives the dialable addresses once both listeners are up.
     ready: Option<oneshot::Sender<Vec<Multiaddr>>>,
+    metrics: Arc<crate::metrics::RelayMetrics>,
+    _metrics_server: Option<AbortOnDrop>,
+}
+
+/// Aborts the task when dropped (the relay stopped).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Driver {
@@ -504,7 +533,11 @@ impl Driver {
                     }
                     self.report_ready();
                 }
-                event = self.swarm.select_next_some() => self.on_event(event)?,
+                event = self.swarm.select_next_some() => {
+                    self.on_event(event)?;
+                    self.metrics.peers.set(self.connected.len() as i64);
+                    self.metrics.members.set(self.members.listed() as i64);
+                }
                 Some(command) = self.commands.recv() => self.on_command(command),
                 _ = sweep.tick(), if closed_mesh => self.sweep(),
             }
@@ -748,6 +781,58 @@ impl Driver {
         }
     }
 
+    /// Count a relay event in the metrics.
+    #[allow(deprecated)]
+    fn count(&self, event: &relay::Event) {
+        use crate::metrics::RelayMetrics as M;
+        use relay::Event::*;
+        let m = &self.metrics;
+        let reason = |peer: &PeerId| {
+            if self.members.is_member(peer, SystemTime::now()) {
+                "limit"
+            } else {
+                "not_member"
+            }
+        };
+        match event {
+            ReservationReqAccepted { renewed, .. } => {
+                if *renewed {
+                    M::event(&m.reservation_events, "renewed");
+                } else {
+                    m.reservations.inc();
+                    M::event(&m.reservation_events, "accepted");
+                }
+            }
+            ReservationReqDenied { src_peer_id, .. } => {
+                M::event(&m.reservation_events, "refused");
+                m.refused("reservation", reason(src_peer_id));
+            }
+            ReservationReqAcceptFailed { .. } => M::event(&m.reservation_events, "failed"),
+            ReservationClosed { .. } => {
+                m.reservations.dec();
+                M::event(&m.reservation_events, "closed");
+            }
+            ReservationTimedOut { .. } => {
+                m.reservations.dec();
+                M::event(&m.reservation_events, "timed_out");
+            }
+            CircuitReqAccepted { .. } => {
+                m.circuits.inc();
+                M::event(&m.circuit_events, "accepted");
+            }
+            CircuitReqDenied { src_peer_id, .. } => {
+                M::event(&m.circuit_events, "refused");
+                m.refused("circuit", reason(src_peer_id));
+            }
+            CircuitReqOutboundConnectFailed { .. } => M::event(&m.circuit_events, "failed"),
+            CircuitClosed { .. } => {
+                m.circuits.dec();
+                M::event(&m.circuit_events, "closed");
+            }
+            _ => {}
+        }
+    }
+
     /// Why a peer's reservation or circuit was refused, for the log.
     fn refusal(&self, peer: &PeerId) -> &'static str {
         if self.members.is_member(peer, SystemTime::now()) {
@@ -760,6 +845,7 @@ impl Driver {
     #[allow(deprecated)] // the deprecated variants still occur and are worth logging
     fn on_relay_event(&mut self, event: relay::Event) {
         use relay::Event::*;
+        self.count(&event);
         match event {
             ReservationReqDenied {
                 src_peer_id,

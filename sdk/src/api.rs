@@ -201,9 +201,17 @@ pub struct MeshStatus {
     /// Whether the daemon serves every peer (`--open-mesh`; labs only).
     #[serde(default)]
     pub open_mesh: bool,
+    /// What AutoNAT says of this daemon's reachability: `public`,
+    /// `private` (behind a NAT or firewall), or `unknown` (no verdict yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<String>,
     /// When this daemon's credential expires (Unix seconds).
     #[serde(default)]
     pub credential_expires: Option<u64>,
+    /// Whether it is time to renew the credential (its last week, or its
+    /// last quarter for short-lived ones): what the daemon warns about.
+    #[serde(default)]
+    pub credential_expires_soon: bool,
     /// The most recent transfers from other daemons (newest last), with the
     /// paths that carried their bytes.
     #[serde(default)]

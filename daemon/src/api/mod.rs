@@ -47,11 +47,13 @@ use crate::storage::StorageError;
 #[cfg(doc)]
 use crate::service::Caller;
 
+pub mod metrics;
 mod native;
 pub mod peer;
 mod proxystore;
 pub mod quick;
 pub mod server;
+pub mod ui;
 
 /// Chunk size for streaming objects out of disk files.
 pub const STREAM_CHUNK: usize = 256 * 1024;
@@ -71,6 +73,8 @@ pub struct AppState {
     pub api_socket: Option<String>,
     /// The data directory, as shown in status.
     pub data_dir: String,
+    /// Counted events, served at `/metrics` with the state of the moment.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The full router.
@@ -98,11 +102,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/exists", get(proxystore::exists))
         .route("/get", get(proxystore::get))
         .route("/evict", post(proxystore::evict))
+        .route("/metrics", get(metrics::scrape))
+        .route("/ui", get(ui::page))
         .layer(DefaultBodyLimit::max(JSON_LIMIT));
     streaming
         .merge(small)
         .fallback(not_routed)
         .layer(axum::middleware::from_fn(browser_guard))
+        // Outermost: requests the guard refuses are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count,
+        ))
         .with_state(state)
 }
 

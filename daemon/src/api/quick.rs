@@ -15,8 +15,10 @@ use tokio::time::timeout;
 use super::server::Limits;
 use super::{AppState, Failure, STREAM_CHUNK};
 use crate::mesh::fetcher::Fetched;
+use crate::metrics::Door;
 use crate::service::{Caller, Object};
 use crate::storage::{ChunkStream, ObjectReader};
+use axum::http::StatusCode;
 
 /// Chunks up to this size are copied behind the answer's header, to send
 /// both in one write.
@@ -53,9 +55,27 @@ where
             answer_failure(&mut conn, failure, limits).await?;
             continue;
         };
+        let started = std::time::Instant::now();
+        let counted = |op, answer: &io::Result<StatusCode>| {
+            let outcome = match answer {
+                Ok(status) => crate::api::metrics::outcome(*status),
+                Err(_) => "error",
+            };
+            state
+                .metrics
+                .request(Door::Native, op, outcome, started.elapsed());
+        };
         match op {
-            quick::GET => get(&mut conn, &state, &key, limits).await?,
-            quick::EXISTS => exists(&mut conn, &state, &key, limits).await?,
+            quick::GET => {
+                let answer = get(&mut conn, &state, &key, limits).await;
+                counted("get", &answer);
+                answer?;
+            }
+            quick::EXISTS => {
+                let answer = exists(&mut conn, &state, &key, limits).await;
+                counted("exists", &answer);
+                answer?;
+            }
             other => {
                 let failure =
                     Failure::bad_request(format!("unknown quick-protocol request {other}"));
@@ -67,7 +87,8 @@ where
     }
 }
 
-async fn get<S>(conn: &mut S, state: &AppState, key: &str, limits: Limits) -> io::Result<()>
+/// Answer a get; the status answered.
+async fn get<S>(conn: &mut S, state: &AppState, key: &str, limits: Limits) -> io::Result<StatusCode>
 where
     S: AsyncWrite + Unpin,
 {
@@ -77,7 +98,12 @@ where
     };
     let (size, mut body) = match object {
         Ok(object) => sized(object),
-        Err(e) => return answer_failure(conn, e.into(), limits).await,
+        Err(e) => {
+            let failure = Failure::from(e);
+            let status = failure.status();
+            answer_failure(conn, failure, limits).await?;
+            return Ok(status);
+        }
     };
     // A small object goes out with its header in one write.
     let mut header = Some(quick::answer_header(200, size));
@@ -115,10 +141,17 @@ where
     }
     timeout(limits.stall, conn.flush())
         .await
-        .map_err(|_| stalled())?
+        .map_err(|_| stalled())??;
+    Ok(StatusCode::OK)
 }
 
-async fn exists<S>(conn: &mut S, state: &AppState, key: &str, limits: Limits) -> io::Result<()>
+/// Answer an exists check; the status answered.
+async fn exists<S>(
+    conn: &mut S,
+    state: &AppState,
+    key: &str,
+    limits: Limits,
+) -> io::Result<StatusCode>
 where
     S: AsyncWrite + Unpin,
 {
@@ -127,14 +160,19 @@ where
         Err(e) => Err(e),
     };
     match size {
-        Ok(_) => write(conn, &quick::answer_header(200, 0), limits).await,
+        Ok(_) => {
+            write(conn, &quick::answer_header(200, 0), limits).await?;
+            Ok(StatusCode::OK)
+        }
         Err(e) => {
             let failure = Failure::from(e);
-            if failure.status().as_u16() == 404 {
-                write(conn, &quick::answer_header(404, 0), limits).await
+            let status = failure.status();
+            if status.as_u16() == 404 {
+                write(conn, &quick::answer_header(404, 0), limits).await?;
             } else {
-                answer_failure(conn, failure, limits).await
+                answer_failure(conn, failure, limits).await?;
             }
+            Ok(status)
         }
     }
 }

@@ -15,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use proxymesh::{ByteStream, Connector, DaemonConnector, Key};
 use tokio::io::AsyncWriteExt;
 
+mod doctor;
 pub mod mesh;
 mod progress;
 
@@ -74,6 +75,18 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Say what works at this site and what does not, and what to do:
+    /// the daemon, its credential, each relay over QUIC and TCP, the NAT,
+    /// a second daemon with the same identity; with a ticket or peer ID,
+    /// also a connection to that site. Exit code 0 only if this site can
+    /// serve and fetch.
+    Doctor {
+        /// A ticket or a peer ID of another site to try a connection to.
+        target: Option<String>,
+        /// Seconds to wait for each relay probe.
+        #[arg(long, default_value_t = 5, value_name = "SECS")]
+        timeout: u64,
     },
     /// Run a mesh: create its authority, admit and revoke sites.
     #[command(subcommand)]
@@ -155,6 +168,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let show_progress = !cli.quiet && std::io::stderr().is_terminal();
     match command {
         Command::Mesh(_) => unreachable!("handled above"),
+        Command::Doctor { target, timeout } => {
+            doctor::run(
+                &conn,
+                target.as_deref(),
+                std::time::Duration::from_secs(timeout.max(1)),
+            )
+            .await
+        }
         Command::Put { file, json } => {
             let started = Instant::now();
             let (stream, len): (ByteStream, Option<u64>) = if file.as_os_str() == "-" {

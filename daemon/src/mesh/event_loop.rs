@@ -158,6 +158,8 @@ pub struct Snapshot {
     pub relays: Vec<RelayView>,
     /// Members found through the relays.
     pub discovered: HashMap<PeerId, Discovered>,
+    /// AutoNAT's verdict (`public`, `private`, `unknown`).
+    pub nat: &'static str,
 }
 
 impl Snapshot {
@@ -264,6 +266,7 @@ impl Snapshot {
                 .collect(),
             peers,
             discovered,
+            nat: (!self.nat.is_empty()).then(|| self.nat.to_string()),
             ..Default::default()
         }
     }
@@ -494,6 +497,8 @@ pub struct Parts {
     /// How long a connected peer (not a relay) has to prove its membership
     /// before it is dropped.
     pub prove_within: Duration,
+    /// Where hole punches, time to direct and refused peers are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The event loop.
@@ -535,6 +540,11 @@ pub struct EventLoop {
     /// Peers whose last connection closed: forgotten by the gate then,
     /// unless connected again.
     forget_at: Vec<(Instant, PeerId)>,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// AutoNAT's latest verdict on this daemon's reachability.
+    nat: &'static str,
+    /// Peers reached over a relay and not (yet) directly: since when.
+    relayed_since: HashMap<PeerId, Instant>,
 }
 
 impl EventLoop {
@@ -547,6 +557,7 @@ impl EventLoop {
             drops,
             refresh_every,
             prove_within,
+            metrics,
         } = parts;
         let relay_peers = relays.iter().map(|r| r.peer).collect();
         let control = swarm.behaviour().stream.new_control();
@@ -577,6 +588,9 @@ impl EventLoop {
             relay_peers,
             last_discovery: None,
             register_at: None,
+            metrics,
+            nat: "unknown",
+            relayed_since: HashMap::new(),
             connecting: HashMap::new(),
             waiting: Vec::new(),
             finding: Vec::new(),
@@ -633,6 +647,7 @@ impl EventLoop {
             external_addrs: self.external_addrs.clone(),
             relays: self.relays.iter().map(RelaySlot::view).collect(),
             discovered: self.discovered.clone(),
+            nat: self.nat,
         };
         self.published.send_replace(Arc::new(snapshot));
     }
@@ -956,6 +971,7 @@ impl EventLoop {
             return;
         }
         tracing::warn!(%peer, %reason, "dropping peer");
+        self.metrics.refused_peers.inc();
         self.gate.forget(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
     }
@@ -1133,6 +1149,7 @@ impl EventLoop {
                     c.remove(&connection_id);
                     if c.is_empty() {
                         self.conns.remove(&peer_id);
+                        self.relayed_since.remove(&peer_id);
                     }
                 }
                 self.dirty = true;
@@ -1201,6 +1218,23 @@ impl EventLoop {
             remote: remote.clone(),
             rtt: None,
         };
+        if !self.relay_peers.contains(&peer) {
+            match path {
+                Path::Relayed => {
+                    let first = self.conns.get(&peer).is_none_or(HashMap::is_empty);
+                    if first {
+                        self.relayed_since.insert(peer, Instant::now());
+                    }
+                }
+                Path::Direct => {
+                    if let Some(since) = self.relayed_since.remove(&peer) {
+                        self.metrics
+                            .time_to_direct
+                            .observe(since.elapsed().as_secs_f64());
+                    }
+                }
+            }
+        }
         self.conns.entry(peer).or_default().insert(id, info);
         self.dirty = true;
         if let Some(i) = self.relays.iter().position(|r| r.peer == peer) {
@@ -1321,8 +1355,20 @@ impl EventLoop {
                 remote_peer_id,
                 result,
             }) => match result {
-                Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punch succeeded"),
+                Ok(_) => {
+                    self.metrics
+                        .hole_punches
+                        .get_or_create(&crate::metrics::OutcomeLabel {
+                            outcome: "succeeded",
+                        })
+                        .inc();
+                    tracing::info!(peer = %remote_peer_id, "hole punch succeeded")
+                }
                 Err(error) => {
+                    self.metrics
+                        .hole_punches
+                        .get_or_create(&crate::metrics::OutcomeLabel { outcome: "failed" })
+                        .inc();
                     tracing::info!(peer = %remote_peer_id, %error, "hole punch failed; transfers with this peer stay on the relayed connection");
                 }
             },
@@ -1345,6 +1391,12 @@ impl EventLoop {
             }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
                 tracing::info!(?old, ?new, "reachability changed");
+                self.nat = match new {
+                    autonat::NatStatus::Public(_) => "public",
+                    autonat::NatStatus::Private => "private",
+                    autonat::NatStatus::Unknown => "unknown",
+                };
+                self.dirty = true;
             }
             _ => {}
         }

@@ -238,6 +238,8 @@ struct Inner {
     copies: Arc<Copies>,
     /// What failed fetches verified, for the next get.
     leftovers: leftover::Leftovers,
+    /// Where fetches and cache lookups are counted.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// One transfer, as status shows it.
@@ -251,9 +253,30 @@ struct Transfer {
     paths: Mutex<Vec<PathInfo>>,
     /// `None` while running; then `done` or `failed: …`, and when.
     ended: Mutex<Option<(String, Instant)>>,
+    /// Where its end is counted.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Transfer {
+    /// Record the end: done (`Ok`) or failed, in status and the metrics
+    /// (by the path it ended on).
+    fn end(&self, result: Result<(), &MeshError>) {
+        let now = Instant::now();
+        let (state, outcome) = match result {
+            Ok(()) => ("done".to_string(), "ok"),
+            Err(e) => (format!("failed: {e}"), error_kind(e)),
+        };
+        *self.ended.lock().expect("transfer lock") = Some((state, now));
+        let path = self.path();
+        self.metrics.fetch(
+            path.path,
+            path.transport,
+            outcome,
+            self.received.load(Ordering::Relaxed),
+            now.duration_since(self.started),
+        );
+    }
+
     /// The path carrying its bytes now (the last one it took).
     fn path(&self) -> PathInfo {
         *self
@@ -333,7 +356,18 @@ impl Fetcher {
                 traffic: Arc::default(),
                 copies: Arc::default(),
                 leftovers: leftover::Leftovers::default(),
+                metrics: Arc::default(),
             }),
+        }
+    }
+
+    /// Count fetches and cache lookups in `metrics`.
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        let mut inner = Arc::try_unwrap(self.inner)
+            .unwrap_or_else(|_| panic!("with_metrics is called before the fetcher is shared"));
+        inner.metrics = metrics;
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
@@ -391,11 +425,13 @@ impl Fetcher {
                 Join::Leader(leader) => {
                     if let Some(reader) = self.cached(key).await? {
                         leader.complete(Outcome::Cached);
+                        self.lookup("hit");
                         if let Some(e) = broken(reader.meta().hash, &name) {
                             return Err(e);
                         }
                         return Ok(Fetched::Cached { reader });
                     }
+                    self.lookup("miss");
                     return self.fetch(peer, name, addrs, Some(leader), expect).await;
                 }
                 Join::Follower(follower) => match follower.wait().await {
@@ -501,6 +537,15 @@ impl Fetcher {
         })
     }
 
+    /// Count a cache lookup of another daemon's object.
+    fn lookup(&self, outcome: &'static str) {
+        self.inner
+            .metrics
+            .cache
+            .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+            .inc();
+    }
+
     /// A new transfer of `bytes` of `name` from `peer`, listed among the
     /// recent ones.
     fn record(&self, peer: PeerId, name: &RemoteName, bytes: u64, path: PathInfo) -> Arc<Transfer> {
@@ -512,6 +557,7 @@ impl Fetcher {
             received: AtomicU64::new(0),
             paths: Mutex::new(vec![path]),
             ended: Mutex::new(None),
+            metrics: Arc::clone(&self.inner.metrics),
         });
         let mut recent = self.inner.recent.lock().expect("recent lock");
         if recent.len() >= RECENT_TRANSFERS {
@@ -1100,8 +1146,7 @@ impl Pump {
                     }
                     self.writer = None;
                     tracing::warn!(paths = %self.paths(), error = %e, "transfer failed");
-                    *self.record.ended.lock().expect("transfer lock") =
-                        Some((format!("failed: {e}"), Instant::now()));
+                    self.record.end(Err(&e));
                     let kind = match e {
                         MeshError::TimedOut { .. } => io::ErrorKind::TimedOut,
                         MeshError::Corrupt { .. } => io::ErrorKind::InvalidData,
@@ -1120,8 +1165,7 @@ impl Pump {
         if matches!(outcome, Outcome::Cached | Outcome::NotCached)
             && self.body.received() == self.body.len()
         {
-            *self.record.ended.lock().expect("transfer lock") =
-                Some(("done".to_string(), Instant::now()));
+            self.record.end(Ok(()));
             let secs = started.elapsed().as_secs_f64();
             tracing::info!(
                 peer = %self.peer,
@@ -1226,6 +1270,19 @@ fn is_stale(e: &MeshError) -> bool {
         e,
         MeshError::Unreachable { .. } | MeshError::Protocol { .. } | MeshError::TimedOut { .. }
     )
+}
+
+/// A fetch error's kind, as the metrics label it.
+fn error_kind(e: &MeshError) -> &'static str {
+    match e {
+        MeshError::Unreachable { .. } => "unreachable",
+        MeshError::NotFound { .. } => "not_found",
+        MeshError::Refused { .. } | MeshError::NotMember { .. } => "refused",
+        MeshError::Corrupt { .. } => "corrupt",
+        MeshError::TimedOut { .. } => "timed_out",
+        MeshError::Protocol { .. } => "protocol",
+        MeshError::Storage(_) => "storage",
+    }
 }
 
 fn remote_name((peer, id): CacheKey) -> ObjectName {

@@ -217,6 +217,7 @@ impl Mesh {
         keypair: Keypair,
         objects: Arc<crate::service::LocalObjects>,
         config: MeshConfig,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let own = keypair.public().to_peer_id();
@@ -263,6 +264,8 @@ impl Mesh {
             })
             .with_dns()?
             .with_relay_client(noise::Config::new, yamux::Config::default)?
+            // Bytes in and out by transport stack, on /metrics.
+            .with_bandwidth_metrics(metrics.registry().sub_registry_with_prefix("proxymesh"))
             .with_behaviour(behaviour::Behaviour::new)?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
             .build();
@@ -336,6 +339,7 @@ impl Mesh {
                 prove_within: config.hole_punch_timeout
                     + config.connect_timeout
                     + members::HELLO_TIMEOUT,
+                metrics: metrics.clone(),
             },
         );
         let advertised = {
@@ -355,6 +359,7 @@ impl Mesh {
         let mut server = serve::Server::new(objects, gate.clone(), dropper, config.serve);
         server.traffic = traffic.clone();
         server.copies = copies.clone();
+        server.metrics = metrics.clone();
         tokio::spawn(serve::serve(incoming, Arc::new(server)));
         tokio::spawn(event_loop.run());
         let opener = opener::SwarmOpener {
@@ -365,7 +370,8 @@ impl Mesh {
             connect_timeout: config.connect_timeout,
         };
         let fetcher = fetcher::Fetcher::new(storage, Arc::new(opener), config.fetch.clone())
-            .with_traffic(traffic, copies);
+            .with_traffic(traffic, copies)
+            .with_metrics(metrics);
         Ok(Self {
             peer_id,
             credential: config.credential,
@@ -400,6 +406,10 @@ impl Mesh {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs())
         });
+        status.credential_expires_soon = self
+            .credential
+            .as_ref()
+            .is_some_and(|c| expires_soon(c.issued(), c.expires(), SystemTime::now()).is_some());
         status
     }
 

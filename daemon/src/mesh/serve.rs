@@ -26,6 +26,7 @@ use super::protocol::{
     read_into, read_request, write_response, FrameError, RemoteName, Request, Response, CHUNK,
 };
 use super::traffic::Traffic;
+use crate::metrics::Door;
 use crate::service::{Caller, Error as ServiceError, LocalObjects};
 use crate::storage::outboard::{encode_range, Data};
 use crate::storage::ObjectReader;
@@ -69,6 +70,8 @@ pub struct Server {
     pub copies: Arc<Copies>,
     /// Who asked for each of our objects lately.
     pub holders: Holders,
+    /// Where requests are counted (door `mesh`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Server {
@@ -87,6 +90,7 @@ impl Server {
             traffic: Arc::default(),
             copies: Arc::default(),
             holders: Holders::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -189,7 +193,19 @@ where
             let _ = server.dropper.send((peer, reason.into()));
             return Ok(());
         }
-        match answer(peer, &mut stream, server, request).await? {
+        let op = op_name(&request);
+        let started = std::time::Instant::now();
+        let (answered, outcome) = OUTCOME
+            .scope(std::cell::Cell::new("ok"), async {
+                let answered = answer(peer, &mut stream, server, request).await;
+                (answered, OUTCOME.with(std::cell::Cell::get))
+            })
+            .await;
+        let outcome = if answered.is_err() { "error" } else { outcome };
+        server
+            .metrics
+            .request(Door::Mesh, op, outcome, started.elapsed());
+        match answered? {
             Next::Request => (wait, served) = (config.keep_alive, true),
             Next::Closed => return Ok(()),
         }
@@ -605,11 +621,33 @@ where
     send_answer(stream, &answer, config).await
 }
 
+tokio::task_local! {
+    /// The outcome of the request being answered, as its answer says.
+    static OUTCOME: std::cell::Cell<&'static str>;
+}
+
+/// A request's operation, for the metrics.
+fn op_name(request: &Request) -> &'static str {
+    match request {
+        Request::Get { .. } | Request::Open { .. } => "get",
+        Request::Have { .. } => "have",
+        Request::Exists { .. } => "exists",
+        Request::Evict { .. } | Request::EvictOwned { .. } => "evict",
+        Request::Put { .. } => "put",
+    }
+}
+
 async fn write_frame<S: AsyncWrite + Unpin>(
     stream: &mut S,
     msg: &Response,
     config: ServeConfig,
 ) -> io::Result<()> {
+    let outcome = match msg {
+        Response::NotFound => "not_found",
+        Response::Refused(_) | Response::NotMember(_) => "refused",
+        _ => "ok",
+    };
+    let _ = OUTCOME.try_with(|o| o.set(outcome));
     match tokio::time::timeout(config.stall_timeout, write_response(stream, msg)).await {
         Err(_) => Err(timed_out("sending an answer")),
         Ok(Err(FrameError::Io(e))) => Err(e),

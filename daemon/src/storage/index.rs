@@ -43,6 +43,7 @@ pub(crate) struct Index {
     bytes: AtomicU64,
     memory_bytes: AtomicU64,
     disk_bytes: AtomicU64,
+    disk_objects: AtomicU64,
 }
 
 impl Index {
@@ -113,6 +114,11 @@ impl Index {
         }
     }
 
+    /// How many of the objects are on disk.
+    pub(crate) fn disk_objects(&self) -> u64 {
+        self.disk_objects.load(Ordering::Relaxed)
+    }
+
     fn account(&self, meta: &ObjectMeta, add: bool) {
         let op = |c: &AtomicU64, n: u64| {
             if add {
@@ -125,7 +131,10 @@ impl Index {
         op(&self.bytes, meta.size);
         match meta.location {
             Location::Memory => op(&self.memory_bytes, meta.size),
-            Location::Disk => op(&self.disk_bytes, meta.size),
+            Location::Disk => {
+                op(&self.disk_bytes, meta.size);
+                op(&self.disk_objects, 1);
+            }
         }
     }
 }

@@ -288,6 +288,11 @@ impl Storage {
         self.inner.index.stats()
     }
 
+    /// How many of the objects in [`stats`](Self::stats) are on disk.
+    pub fn disk_objects(&self) -> u64 {
+        self.inner.index.disk_objects()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &StorageConfig {
         &self.inner.config

@@ -374,14 +374,12 @@ impl Engine {
                     drop(sparse);
                     Outcome::NotCached
                 };
-                *self.record.ended.lock().expect("transfer lock") =
-                    Some(("done".to_string(), Instant::now()));
+                self.record.end(Ok(()));
                 outcome
             }
             Err(e) => {
                 tracing::warn!(peer = %self.producer, id = %self.id, error = %e, "transfer failed");
-                *self.record.ended.lock().expect("transfer lock") =
-                    Some((format!("failed: {e}"), Instant::now()));
+                self.record.end(Err(&e));
                 let kind = match e {
                     MeshError::TimedOut { .. } => io::ErrorKind::TimedOut,
                     MeshError::Corrupt { .. } => io::ErrorKind::InvalidData,
