@@ -71,6 +71,9 @@ pub struct Daemon {
     state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
+    /// ProxyStore's PID file beside the endpoint config, with
+    /// `proxystore_name`: removed at shutdown.
+    proxystore_pid: Option<api::ProxyStorePidFile>,
     _lock: DirLock,
 }
 
@@ -138,10 +141,16 @@ impl Daemon {
             }
             None => (None, None),
         };
-        if let Some(name) = &config.proxystore_name {
-            let path = api::write_proxystore_config(name, identity.uuid, api_addr)?;
-            tracing::info!(path = %path.display(), "wrote ProxyStore endpoint config");
-        }
+        let proxystore_pid = match &config.proxystore_name {
+            Some(name) => {
+                let path = api::write_proxystore_config(name, identity.uuid, api_addr)?;
+                tracing::info!(path = %path.display(), "wrote ProxyStore endpoint config");
+                // So `proxystore-endpoint list` shows the endpoint RUNNING.
+                let dir = path.parent().unwrap_or(std::path::Path::new("."));
+                Some(api::ProxyStorePidFile::write(dir)?)
+            }
+            None => None,
+        };
         let state = Arc::new(AppState {
             objects: service::Objects::new(local, mesh, identity.peer_id(), identity.uuid),
             started: Instant::now(),
@@ -167,6 +176,7 @@ impl Daemon {
             state,
             stop: Some(stop),
             server,
+            proxystore_pid,
             _lock: lock,
         })
     }
@@ -223,6 +233,8 @@ impl Daemon {
             mesh.shutdown();
         }
         self.state.objects.storage().shutdown().await?;
+        // Removed (if still ours) when dropped; dropped on the error paths too.
+        drop(self.proxystore_pid.take());
         tracing::info!("proxymeshd stopped");
         Ok(())
     }

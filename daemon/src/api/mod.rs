@@ -410,10 +410,87 @@ pub fn write_proxystore_config(
     Ok(path)
 }
 
+/// The PID file ProxyStore 1.x looks for in an endpoint's directory, beside
+/// its `config.toml` (`proxystore.endpoint.config.ENDPOINT_PID_FILE`).
+pub const PROXYSTORE_PID_FILE: &str = "daemon.pid";
+
+/// This process's PID in an endpoint directory's [`PROXYSTORE_PID_FILE`]:
+/// `proxystore-endpoint list` shows an endpoint as RUNNING only while that
+/// file names a live process (`psutil.pid_exists`), as STOPPED without it and
+/// as HANGING when the process is gone. Written beside the config
+/// [`write_proxystore_config`] wrote; removed when dropped (at the daemon's
+/// clean shutdown), but only if it still holds this process's PID: another
+/// daemon may have taken the endpoint name since. A daemon that crashed
+/// leaves it behind, and ProxyStore then rightly says HANGING.
+#[derive(Debug)]
+pub struct ProxyStorePidFile {
+    path: std::path::PathBuf,
+    pid: u32,
+}
+
+impl ProxyStorePidFile {
+    /// Write this process's PID to `dir/daemon.pid`, replacing any (a
+    /// reader never sees it half written).
+    pub fn write(dir: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let pid = std::process::id();
+        let path = dir.join(PROXYSTORE_PID_FILE);
+        let tmp = dir.join(format!(".{PROXYSTORE_PID_FILE}.{pid}"));
+        std::fs::write(&tmp, format!("{pid}\n"))
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("cannot write {}", path.display()));
+        }
+        Ok(Self { path, pid })
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for ProxyStorePidFile {
+    fn drop(&mut self) {
+        let ours = std::fs::read_to_string(&self.path)
+            .is_ok_and(|held| held.trim().parse::<u32>() == Ok(self.pid));
+        if ours {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                let path = self.path.display();
+                tracing::warn!(%path, "cannot remove the ProxyStore PID file: {e}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn proxystore_pid_file_names_this_process_and_goes_only_if_still_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = ProxyStorePidFile::write(dir.path()).unwrap();
+        let path = dir.path().join(PROXYSTORE_PID_FILE);
+        assert_eq!(file.path(), path);
+        let held = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(held.trim(), std::process::id().to_string());
+        drop(file);
+        assert!(!path.exists(), "removed when dropped");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no leftovers"
+        );
+
+        // Another daemon took the name since: its PID file stays.
+        let file = ProxyStorePidFile::write(dir.path()).unwrap();
+        std::fs::write(&path, "4194304\n").unwrap();
+        drop(file);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "4194304\n");
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
