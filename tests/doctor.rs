@@ -114,3 +114,69 @@ fn doctor_without_a_daemon_says_so() {
         "{text}"
     );
 }
+
+#[test]
+fn doctor_names_a_second_daemon_with_the_same_identity() {
+    let relay = proxymesh_suite::RelayProcess::start(&[]);
+    let first = tempfile::tempdir().unwrap();
+    let a = proxymesh_suite::DaemonProcess::start_in(
+        first.path(),
+        &relay
+            .member_flags(first.path())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    // The same identity started from a copy of the data directory (the
+    // login-node problem): both reserve at the relay, which keeps the newest.
+    let second = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        first.path().join("identity.key"),
+        second.path().join("identity.key"),
+    )
+    .unwrap();
+    let twin = proxymesh_suite::DaemonProcess::start_in(
+        second.path(),
+        &relay
+            .member_flags(second.path())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(twin.peer_id, a.peer_id);
+    let lost = || {
+        http(&a.api, "GET", "/v1/status", &[], b"").json()["mesh"]["reservations_lost"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(60), || (lost() >= 3).then_some(()))
+        .unwrap_or_else(|| panic!("the twins did not displace each other: {} losses", lost()));
+    let out = std::process::Command::new(bin_path("proxymesh"))
+        .args(["--api", &a.api, "doctor", "--timeout", "3"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("another daemon runs with this identity"),
+        "{text}"
+    );
+    // Alone again, a daemon is not accused (a relay restart loses one
+    // reservation, not three): the test's other half, on a fresh pair.
+    drop(twin);
+    let alone = relay.start_daemon(&[]);
+    wait_until(Duration::from_secs(30), || {
+        http(&alone.api, "GET", "/v1/status", &[], b"").json()["mesh"]["relays"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["reserved"] == true))
+            .then_some(())
+    })
+    .expect("a reservation");
+    let out = std::process::Command::new(bin_path("proxymesh"))
+        .args(["--api", &alone.api, "doctor", "--timeout", "3"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("another daemon"), "{text}");
+}

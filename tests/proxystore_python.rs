@@ -86,6 +86,11 @@ fn proxystore_endpoint_list_shows_the_daemon_running_then_stopped() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !cli {
+        assert!(
+            !in_ci(),
+            "CI=true but {} lacks ProxyStore's endpoint CLI; tests/run.sh installs proxystore[endpoints]",
+            py.display()
+        );
         eprintln!(
             "SKIPPED: {} cannot import ProxyStore's endpoint CLI (proxystore-endpoint); \
              install it with: pip install 'proxystore[endpoints]>=1,<2'",

@@ -23,10 +23,12 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     fi
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import proxystore' 2>/dev/null; then
-    echo "== creating .venv with Python ProxyStore (compatibility test)"
+# ProxyStore with its `endpoints` extra: the compatibility tests also run
+# `proxystore-endpoint list` against proxymeshd's PID file.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import proxystore.endpoint.cli' 2>/dev/null; then
+    echo "== creating .venv with Python ProxyStore (compatibility tests)"
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check 'proxystore>=1,<2'
+    .venv/bin/pip install -q --disable-pip-version-check 'proxystore[endpoints]>=1,<2'
 fi
 
 # Run everything, then end with one line that totals every test binary

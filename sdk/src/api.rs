@@ -201,6 +201,11 @@ pub struct MeshStatus {
     /// Whether the daemon serves every peer (`--open-mesh`; labs only).
     #[serde(default)]
     pub open_mesh: bool,
+    /// How many times in the last 5 minutes a relay connection holding this
+    /// daemon's reservation closed. Often: most likely another daemon runs
+    /// with this identity (the relay keeps the newest reservation).
+    #[serde(default)]
+    pub reservations_lost: u32,
     /// What AutoNAT says of this daemon's reachability: `public`,
     /// `private` (behind a NAT or firewall), or `unknown` (no verdict yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -266,11 +266,13 @@ pub async fn run(
         ),
     }
 
-    // 6. Another daemon with this identity.
-    if let Some(twin) = twin_addresses(&status) {
+    // 6. Another daemon with this identity: the relay keeps the newest
+    // reservation of a peer ID, so two daemons with one identity keep
+    // taking each other's place.
+    if mesh.reservations_lost >= 3 {
         r.say(
             Verdict::Fail,
-            format!("another daemon runs with this identity (peer {}): the relay lists it at {}, which are not this daemon's addresses. Two daemons started from the same data directory (e.g. on two login nodes) take each other's connections; stop one of them.", status.peer_id, twin.join(", ")),
+            format!("the relays closed this daemon's reserved connection {} times in the last 5 minutes: most likely another daemon runs with this identity (peer {}; the same data directory started on another host, e.g. a second login node), and the two take each other's place at the relay. Stop one of them. (A very unstable path to the relay does this too.)", mesh.reservations_lost, status.peer_id),
         );
     }
 
@@ -362,27 +364,6 @@ fn connection_paths(s: &Status, peer: &PeerId) -> Vec<Path> {
         .and_then(|m| m.peers.iter().find(|p| p.peer_id == peer))
         .map(|p| p.connections.iter().map(|c| c.path).collect())
         .unwrap_or_default()
-}
-
-/// Addresses the relays list for this daemon's own peer ID that are not
-/// this daemon's (its listen, external and circuit addresses), if any.
-fn twin_addresses(s: &Status) -> Option<Vec<String>> {
-    let mesh = s.mesh.as_ref()?;
-    let own = mesh.discovered.iter().find(|d| d.peer_id == s.peer_id)?;
-    let ours = |a: &str| {
-        mesh.external_addrs.iter().any(|x| x == a)
-            || mesh.listen_addrs.iter().any(|x| x == a)
-            || a.contains("/p2p-circuit")
-            || mesh.relays.iter().any(|r| r.circuit_addr.as_deref() == Some(a))
-            // Our own addresses as seen with a /p2p suffix.
-            || mesh
-                .external_addrs
-                .iter()
-                .chain(&mesh.listen_addrs)
-                .any(|x| a.starts_with(x.as_str()))
-    };
-    let foreign: Vec<String> = own.addrs.iter().filter(|a| !ours(a)).cloned().collect();
-    (!foreign.is_empty()).then_some(foreign)
 }
 
 /// `addr` over QUIC and over TCP (a proxymesh relay listens on one port

@@ -44,6 +44,9 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::members::{self, Me, Welcomed};
 use super::{MeshError, PathInfo};
 
+/// How far back lost reservations are counted (`status`, `doctor`).
+pub const RESERVATIONS_LOST_WINDOW: Duration = Duration::from_secs(300);
+
 /// A discovered member no relay listed for this many refreshes is forgotten.
 const DISCOVERED_TTL_REFRESHES: u32 = 5;
 /// Most discovered members kept.
@@ -160,6 +163,9 @@ pub struct Snapshot {
     pub discovered: HashMap<PeerId, Discovered>,
     /// AutoNAT's verdict (`public`, `private`, `unknown`).
     pub nat: &'static str,
+    /// Relay connections holding our reservation that closed within
+    /// [`RESERVATIONS_LOST_WINDOW`].
+    pub reservations_lost: u32,
 }
 
 impl Snapshot {
@@ -267,6 +273,7 @@ impl Snapshot {
             peers,
             discovered,
             nat: (!self.nat.is_empty()).then(|| self.nat.to_string()),
+            reservations_lost: self.reservations_lost,
             ..Default::default()
         }
     }
@@ -543,6 +550,8 @@ pub struct EventLoop {
     metrics: Arc<crate::metrics::Metrics>,
     /// AutoNAT's latest verdict on this daemon's reachability.
     nat: &'static str,
+    /// When a relay connection holding our reservation closed, lately.
+    reservations_lost: Vec<Instant>,
     /// Peers reached over a relay and not (yet) directly: since when.
     relayed_since: HashMap<PeerId, Instant>,
 }
@@ -590,6 +599,7 @@ impl EventLoop {
             register_at: None,
             metrics,
             nat: "unknown",
+            reservations_lost: Vec::new(),
             relayed_since: HashMap::new(),
             connecting: HashMap::new(),
             waiting: Vec::new(),
@@ -648,6 +658,11 @@ impl EventLoop {
             relays: self.relays.iter().map(RelaySlot::view).collect(),
             discovered: self.discovered.clone(),
             nat: self.nat,
+            reservations_lost: self
+                .reservations_lost
+                .iter()
+                .filter(|t| t.elapsed() < RESERVATIONS_LOST_WINDOW)
+                .count() as u32,
         };
         self.published.send_replace(Arc::new(snapshot));
     }
@@ -1315,6 +1330,14 @@ impl EventLoop {
         let Some(slot) = self.relays.iter_mut().find(|r| r.peer == relay) else {
             return;
         };
+        if slot.reserved {
+            // Often, soon after reserving: another daemon with our identity
+            // reserving at the same relay (which keeps the newest).
+            let now = Instant::now();
+            self.reservations_lost
+                .retain(|t| now.duration_since(*t) < RESERVATIONS_LOST_WINDOW);
+            self.reservations_lost.push(now);
+        }
         // A new connection must join again, on whichever transport works then.
         slot.joined = false;
         slot.connected = None;
