@@ -176,10 +176,23 @@ fn metrics_show_a_remote_get_with_its_path_and_bytes_and_the_relay_its_reservati
     let got = http(&b.api, "GET", &format!("/v1/objects/{key}"), &[], b"");
     assert_eq!(got.status, 200);
     assert!(got.body == data);
-    let path = got
+    // The path the transfer ended on (it may start relayed and move to the
+    // hole-punched path midway): the last of the paths B's status lists
+    // for it; the answer's header names the first.
+    let first = got
         .header(proxymesh::api::PATH_HEADER)
         .expect("the path header")
         .to_string();
+    let transfers =
+        http(&b.api, "GET", "/v1/status", &[], b"").json()["mesh"]["recent_transfers"].clone();
+    let paths: Vec<String> = transfers[0]["paths"]
+        .as_array()
+        .expect("B lists the transfer")
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paths.first(), Some(&first), "{transfers}");
+    let path = paths.last().unwrap().clone();
     let (via, transport) = path.split_once('/').expect("path/transport");
     // Again: now from B's cache.
     assert_eq!(

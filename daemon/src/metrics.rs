@@ -172,7 +172,7 @@ impl Metrics {
         );
         r.register(
             "remote_fetches",
-            "Fetches of another daemon's object by path (direct/relayed, quic/tcp) and outcome (ok or the error kind)",
+            "Fetches of another daemon's object by the path they ended on (direct/relayed, quic/tcp) and outcome (ok or the error kind)",
             m.fetches.clone(),
         );
         r.register_with_unit(
@@ -183,7 +183,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "remote_fetched",
-            "Object bytes received by remote fetches, by path",
+            "Object bytes received by remote fetches, by the path each fetch ended on",
             Unit::Bytes,
             m.fetched_bytes.clone(),
         );

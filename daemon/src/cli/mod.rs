@@ -98,6 +98,14 @@ const PROGRESS_THRESHOLD: u64 = 4 << 20;
 
 /// Parse arguments from the command line and run.
 pub fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of our
+    // output goes away (`proxymesh status | head -3`) instead of panicking
+    // on the broken pipe.
+    // SAFETY: restoring the default disposition of one signal at start,
+    // before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
