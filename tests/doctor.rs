@@ -37,6 +37,19 @@ fn doctor(lab: &Lab, h: Host, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// `proxymesh doctor` against the daemon at `api` (on this host): exit
+/// code and what it printed.
+fn doctor_at(api: &str) -> (i32, String) {
+    let out = std::process::Command::new(bin_path("proxymesh"))
+        .args(["--api", api, "doctor", "--timeout", "3"])
+        .output()
+        .expect("run proxymesh doctor");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
 /// A lab with a relay and sites A and B, both holding reservations.
 fn lab_with_sites(b: Nat) -> Option<(Lab, LabMesh, DaemonProcess, DaemonProcess)> {
     let lab = Lab::new(Nat::EndpointIndependent, b)?;
@@ -151,12 +164,8 @@ fn doctor_names_a_second_daemon_with_the_same_identity() {
     };
     wait_until(Duration::from_secs(60), || (lost() >= 3).then_some(()))
         .unwrap_or_else(|| panic!("the twins did not displace each other: {} losses", lost()));
-    let out = std::process::Command::new(bin_path("proxymesh"))
-        .args(["--api", &a.api, "doctor", "--timeout", "3"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = doctor_at(&a.api);
+    assert_eq!(code, 1, "{text}");
     assert!(
         text.contains("another daemon runs with this identity"),
         "{text}"
@@ -172,11 +181,7 @@ fn doctor_names_a_second_daemon_with_the_same_identity() {
             .then_some(())
     })
     .expect("a reservation");
-    let out = std::process::Command::new(bin_path("proxymesh"))
-        .args(["--api", &alone.api, "doctor", "--timeout", "3"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text) = doctor_at(&alone.api);
+    assert_eq!(code, 0, "{text}");
     assert!(!text.contains("another daemon"), "{text}");
 }

@@ -31,14 +31,23 @@ with Store('proxymesh-test', connector, register=True) as store:
     print('PYTHON PROXYSTORE OK', key.object_id)
 "#;
 
-#[test]
-fn python_proxystore_endpoint_connector_uses_the_daemon() {
-    let Some(py) = proxystore_python() else {
+/// The Python with ProxyStore; `None` (and the test skips, saying why)
+/// outside CI when there is none.
+fn python_or_skip() -> Option<std::path::PathBuf> {
+    let py = proxystore_python();
+    if py.is_none() {
         assert!(
             !in_ci(),
             "CI=true but no Python with proxystore; .ci/run must create .venv"
         );
         eprintln!("SKIPPED: no Python with proxystore (set PROXYMESH_TEST_PYTHON or run .ci/run)");
+    }
+    py
+}
+
+#[test]
+fn python_proxystore_endpoint_connector_uses_the_daemon() {
+    let Some(py) = python_or_skip() else {
         return;
     };
     let home = tempfile::tempdir().unwrap();
@@ -71,12 +80,7 @@ fn python_proxystore_endpoint_connector_uses_the_daemon() {
 /// STOPPED once it stopped cleanly (the file is gone, the config stays).
 #[test]
 fn proxystore_endpoint_list_shows_the_daemon_running_then_stopped() {
-    let Some(py) = proxystore_python() else {
-        assert!(
-            !in_ci(),
-            "CI=true but no Python with proxystore; .ci/run must create .venv"
-        );
-        eprintln!("SKIPPED: no Python with proxystore (set PROXYMESH_TEST_PYTHON or run .ci/run)");
+    let Some(py) = python_or_skip() else {
         return;
     };
     // The CLI comes with ProxyStore's `endpoints` extra (psutil,

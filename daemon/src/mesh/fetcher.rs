@@ -509,26 +509,15 @@ impl Fetcher {
         // the first byte not yet handed out, and the range moves to a
         // direct path when one comes up.
         let record = self.record(peer, &name, len, path);
-        let (tx, rx) = mpsc::channel(PIPELINE_CHUNKS);
-        let pump = Pump {
-            inner: Arc::clone(&self.inner),
-            peer,
-            name,
-            addrs: addrs.to_vec(),
+        let (pump, body) = Pump::new(
+            Arc::clone(&self.inner),
+            (peer, name, addrs.to_vec()),
             body,
-            writer: None,
-            tx: Some(tx),
-            leader: None,
-            record,
-            stuck: None,
-            moves: 0,
-            wire: 0,
+            (None, None, record),
             timeouts,
-        };
+            PIPELINE_CHUNKS,
+        );
         tokio::spawn(pump.run());
-        let body: ChunkStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        }));
         Ok(Ranged::Streaming {
             size,
             offset,
@@ -917,34 +906,23 @@ impl Fetcher {
         let inline = size <= FETCH_INLINE;
         // Inline, the body is read before anyone drains the channel: room
         // for every chunk (at least a byte each), so sending never waits.
-        let (tx, rx) = mpsc::channel(if inline {
-            size as usize + 2
-        } else {
-            PIPELINE_CHUNKS
-        });
-        let pump = Pump {
-            inner: Arc::clone(&self.inner),
-            peer,
-            name,
-            addrs: addrs.to_vec(),
+        let (pump, body) = Pump::new(
+            Arc::clone(&self.inner),
+            (peer, name, addrs.to_vec()),
             body,
-            writer,
-            tx: Some(tx),
-            leader,
-            record,
-            stuck: None,
-            moves: 0,
-            wire: 0,
+            (writer, leader, record),
             timeouts,
-        };
+            if inline {
+                size as usize + 2
+            } else {
+                PIPELINE_CHUNKS
+            },
+        );
         if inline {
             pump.run().await;
         } else {
             tokio::spawn(pump.run());
         }
-        let body: ChunkStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        }));
         Ok(Fetched::Streaming {
             size,
             hash,
@@ -1015,7 +993,47 @@ struct Pump {
     timeouts: Timeouts,
 }
 
+/// Where a pump's bytes go: the cache writer, the coalesced readers
+/// waiting on it, and its transfer record.
+type Sinks = (
+    Option<ObjectWriter>,
+    Option<Leader<CacheKey, Outcome>>,
+    Arc<Transfer>,
+);
+
 impl Pump {
+    /// A pump of `body` (from `peer`, reached at `addrs`) into `sinks`, and
+    /// the reader's end: a stream of up to `capacity` chunks in flight.
+    fn new(
+        inner: Arc<Inner>,
+        (peer, name, addrs): (PeerId, RemoteName, Vec<Multiaddr>),
+        body: Body<libp2p::Stream>,
+        (writer, leader, record): Sinks,
+        timeouts: Timeouts,
+        capacity: usize,
+    ) -> (Self, ChunkStream) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let pump = Pump {
+            inner,
+            peer,
+            name,
+            addrs,
+            body,
+            writer,
+            tx: Some(tx),
+            leader,
+            record,
+            stuck: None,
+            moves: 0,
+            wire: 0,
+            timeouts,
+        };
+        let stream: ChunkStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        (pump, stream)
+    }
+
     async fn run(mut self) {
         let started = Instant::now();
         let outcome = loop {

@@ -221,24 +221,25 @@ class Client:
             try:
                 conn.request(method, path, body=body, headers=headers, encode_chunked=length is None and body is not None)
                 return conn.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+            except (OSError, EOFError, http.client.HTTPException) as e:
                 self._drop_http()
                 replayable = body is None or isinstance(body, (bytes, bytearray, memoryview)) or start is not None
-                if attempt == 0 and reused and replayable:
+                if attempt == 0 and reused and _stale(e) and replayable:
                     if start is not None:
                         body.seek(start)  # type: ignore[union-attr]
                     continue
-                raise Unreachable(f"the daemon at {self.api} closed the connection: {e}") from e
-            except (FileNotFoundError, ConnectionRefusedError) as e:
-                self._drop_http()
-                raise Unreachable(f"no proxymesh daemon at {self.api} ({e.strerror or e}); is proxymeshd running?") from e
-            except socket.timeout as e:
-                self._drop_http()
-                raise TimedOut(f"the daemon at {self.api} did not answer within {self.timeout} s") from e
-            except OSError as e:
-                self._drop_http()
-                raise Unreachable(f"cannot talk to the daemon at {self.api}: {e}") from e
+                raise self._failure(e) from e
         raise AssertionError("unreachable")
+
+    def _failure(self, e: BaseException) -> ProxymeshError:
+        """What a failure to talk to the daemon means, as an exception."""
+        if isinstance(e, socket.timeout):
+            return TimedOut(f"the daemon at {self.api} did not answer within {self.timeout} s")
+        if isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
+            return Unreachable(f"no proxymesh daemon at {self.api} ({getattr(e, 'strerror', None) or e}); is proxymeshd running?")
+        if _stale(e):
+            return Unreachable(f"the daemon at {self.api} closed the connection: {e}")
+        return Unreachable(f"cannot talk to the daemon at {self.api}: {e}")
 
     def _json(self, method: str, path: str, body: BytesLike | IO[bytes] | None = None, **kw: object) -> dict:
         resp = self._request(method, path, body, **kw)  # type: ignore[arg-type]
@@ -271,20 +272,11 @@ class Client:
                 head = _recv_exact(s, 10)
                 status, length = struct.unpack(">HQ", head)
                 return status, length, s
-            except (ConnectionError, EOFError) as e:
+            except (OSError, EOFError) as e:
                 self._drop_quick()
-                if attempt == 0 and reused:
+                if attempt == 0 and reused and _stale(e):
                     continue
-                raise Unreachable(f"the daemon at {self.api} closed the connection: {e}") from e
-            except socket.timeout as e:
-                self._drop_quick()
-                raise TimedOut(f"the daemon at {self.api} did not answer within {self.timeout} s") from e
-            except FileNotFoundError as e:
-                self._drop_quick()
-                raise Unreachable(f"no proxymesh daemon at {self.api}; is proxymeshd running?") from e
-            except OSError as e:
-                self._drop_quick()
-                raise Unreachable(f"cannot talk to the daemon at {self.api}: {e}") from e
+                raise self._failure(e) from e
         raise AssertionError("unreachable")
 
     def _drop_quick(self) -> None:
@@ -471,6 +463,14 @@ def _remaining(f: IO[bytes]) -> int | None:
         return max(size - f.tell(), 0)
     except (AttributeError, OSError, ValueError):
         return None
+
+
+def _stale(e: BaseException) -> bool:
+    """Whether a kept-alive connection was closed under us (worth one retry
+    on a new connection), rather than no daemon being there."""
+    if isinstance(e, ConnectionRefusedError):
+        return False
+    return isinstance(e, (ConnectionError, EOFError, http.client.RemoteDisconnected, http.client.BadStatusLine))
 
 
 def _recv_exact(s: socket.socket, n: int) -> bytearray:
