@@ -71,6 +71,7 @@ def test_batches_and_deferred_keys(local):
     c = local.client()
     objs = c.put_batch([b"a", b"", b"ccc"])
     assert [o.ticket[:3] for o in objs] == ["pm1"] * 3
+    assert [o.size for o in objs] == [1, 0, 3]
     gone = c.put(b"gone")
     c.evict(gone.key)
     assert c.get_batch([objs[0].ticket, gone.ticket, objs[2].key, objs[1]]) == [b"a", None, b"ccc", b""]

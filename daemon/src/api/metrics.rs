@@ -25,7 +25,7 @@ pub async fn scrape(State(state): State<Arc<AppState>>) -> Response {
         bytes_disk: stats.disk_bytes,
         memory_cap: storage.config().memory_cap,
         cache_bytes: mesh.map_or(0, |m| m.fetcher().cached_bytes()),
-        mesh: mesh.map(crate::mesh::Mesh::status),
+        mesh: mesh.map(crate::mesh::Mesh::view),
     };
     let text = metrics::render(&state.metrics, &snap);
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()

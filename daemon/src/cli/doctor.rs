@@ -396,26 +396,24 @@ fn both_transports(addr: &Multiaddr) -> (Multiaddr, Multiaddr) {
     (quic, tcp)
 }
 
+/// `host:port (…last 6 of its peer ID)`, for the report.
 fn relay_name(addr: &Multiaddr) -> String {
     let mut host = String::new();
-    let mut peer = String::new();
     for p in addr.iter() {
         match p {
             Protocol::Ip4(ip) => host = ip.to_string(),
             Protocol::Ip6(ip) => host = ip.to_string(),
             Protocol::Dns(d) | Protocol::Dns4(d) | Protocol::Dns6(d) => host = d.to_string(),
             Protocol::Udp(port) | Protocol::Tcp(port) => host = format!("{host}:{port}"),
-            Protocol::P2p(id) => {
-                let s = id.to_string();
-                peer = s[s.len().saturating_sub(6)..].to_string();
-            }
             _ => {}
         }
     }
-    if peer.is_empty() {
-        host
-    } else {
-        format!("{host} (…{peer})")
+    match crate::mesh::addr::peer_of(addr) {
+        Some(id) => {
+            let id = id.to_string();
+            format!("{host} (…{})", &id[id.len().saturating_sub(6)..])
+        }
+        None => host,
     }
 }
 

@@ -395,6 +395,12 @@ impl Mesh {
     pub fn status(&self) -> local_api::MeshStatus {
         // Someone is looking: refresh discovery (rate-limited by the loop).
         self.network.discover();
+        self.view()
+    }
+
+    /// [`status`](Self::status) without refreshing discovery: for readers
+    /// that poll (the metrics scrape), which should cause no traffic.
+    pub fn view(&self) -> local_api::MeshStatus {
         let mut status = self.network.snapshot().status();
         status.transfers = self.fetcher.transfers();
         status.recent_transfers = self.fetcher.recent();
